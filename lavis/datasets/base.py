@@ -1,0 +1,52 @@
+"""What every dataset yields, and how a bad sample is reported instead of crashing a run.
+
+A dataset item is a dict:
+    sample_id       str, unique within the dataset (used in logs, bad-sample reports, results files)
+    text_input      str, the caption (already cleaned by the text processor)
+    image           float Tensor [3, H, W], normalised         (image modalities)
+    points          float Tensor [N, 3 or 6], xyz (+ rgb)       (point-cloud modalities)
+    region_geometry float Tensor [D], normalised coordinates   (region modalities; D set by the region kind)
+    image_id        int or str, the id in the ground-truth file (evaluation splits)
+The modality of a dataset comes from its YAML entry (`datasets.<name>.modality`), never from the item.
+
+A sample that cannot be read or is invalid raises `BadSampleError`; the loader counts, logs and skips it, and the
+runner stops once more than `run.max_bad_sample_fraction` of the samples seen are bad.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+
+class BadSampleError(Exception):
+    """A sample that cannot be used: names the sample and why."""
+
+    def __init__(self, sample_id: str, reason: str):
+        super().__init__(f"sample {sample_id}: {reason}")
+        self.sample_id = str(sample_id)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class SkippedSample:
+    """Stands in for a bad sample inside a worker; the collate function removes it and reports it."""
+
+    dataset: str
+    sample_id: str
+    reason: str
+
+
+@dataclass
+class DatasetConfig:
+    """Settings every dataset entry has; a builder's own `Config` subclasses this and adds its paths and options.
+
+    In a run YAML: `datasets: {<name>: {builder: <registered builder>, modality: ..., <builder fields>...}}`.
+    """
+
+    builder: str = ""  # empty: the entry's name is the builder's name
+    modality: str = "???"  # a key of model.modalities
+    batch_size: int = 16  # per process
+    repeat: int = 1  # times the training split appears in one epoch
+    train_split: Optional[str] = "train"  # None: not used for training
+    eval_split: Optional[str] = None  # split used by evaluate.py
