@@ -36,7 +36,7 @@ class BaseModel(nn.Module):
     text_tokenizer: Callable[[list[str], str], dict[str, torch.Tensor]]
 
     @classmethod
-    def from_config(cls, cfg) -> "BaseModel":
+    def from_config(cls, cfg) -> BaseModel:
         raise NotImplementedError(f"{cls.__name__} must implement from_config")
 
     def loss_weights(self, modality: str) -> dict[str, float]:
@@ -51,9 +51,13 @@ class BaseModel(nn.Module):
         expected = {name for name, p in own.items() if p.requires_grad}
         missing, unexpected = sorted(expected - state.keys()), sorted(state.keys() - expected)
         if missing or unexpected:
-            raise KeyError(f"trainable tensors differ from the checkpoint: missing {missing[:10]}, unexpected {unexpected[:10]}")
+            raise KeyError(
+                f"trainable tensors differ from the checkpoint: missing {missing[:10]}, unexpected {unexpected[:10]}"
+            )
         with torch.no_grad():
             for name, value in state.items():
                 if own[name].shape != value.shape:
-                    raise ValueError(f"{name}: checkpoint shape {tuple(value.shape)} != model shape {tuple(own[name].shape)}")
+                    raise ValueError(
+                        f"{name}: checkpoint shape {tuple(value.shape)} != model shape {tuple(own[name].shape)}"
+                    )
                 own[name].copy_(value)

@@ -1,0 +1,187 @@
+"""From datasets to single-modality batches: sharding, per-sample seeding, collation, and the epoch plan.
+
+Reproducibility contract: the order of samples depends only on (seed, epoch, dataset); the augmentation of a
+sample depends only on (seed, epoch, position), whatever the number of workers. That is what lets a resumed run
+see exactly the batches the uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from lavis.datasets.base import BadSampleError, SkippedSample
+
+log = logging.getLogger(__name__)
+
+
+def derive_seed(*parts: Any) -> int:
+    """A stable 63-bit seed from any values (Python's hash() is salted per process, so it is not used)."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+class ShardedEpochSampler(Sampler):
+    """Shuffles `repeat` copies of the dataset per epoch and gives each rank an equal share.
+
+    Like DistributedSampler, the index list is padded by wrapping around so every rank gets the same number of
+    samples (and therefore batches): ranks must agree on the step count or a collective would hang. Yields
+    (dataset index, sample seed); `skip` drops the first samples of the epoch when resuming.
+    """
+
+    def __init__(self, size: int, *, repeat: int, rank: int, world_size: int, seed: int, name: str, shuffle: bool):
+        if size == 0:
+            raise ValueError(f"dataset '{name}' is empty; check its paths and split")
+        self.size, self.repeat, self.rank, self.world = size, repeat, rank, world_size
+        self.seed, self.name, self.shuffle = seed, name, shuffle
+        self.epoch, self.skip = 0, 0
+
+    @property
+    def per_rank(self) -> int:
+        return -(-self.size * self.repeat // self.world)
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
+
+    def __len__(self) -> int:
+        return self.per_rank - self.skip
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        total = self.size * self.repeat
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(derive_seed(self.seed, self.name, self.epoch))
+            order = torch.randperm(total, generator=gen)
+        else:
+            order = torch.arange(total)
+        padded = torch.cat([order, order[: self.per_rank * self.world - total]]) % self.size
+        mine = padded[self.rank :: self.world].tolist()
+        for position in range(self.skip, len(mine)):
+            yield mine[position], derive_seed(self.seed, self.name, self.epoch, self.rank, position)
+
+
+class SeededItems(Dataset):
+    """Seeds the global RNGs per sample, then reads it; a bad sample becomes a `SkippedSample` for the collate."""
+
+    def __init__(self, dataset: Dataset, name: str):
+        self.dataset, self.name = dataset, name
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        index, seed = key
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        try:
+            return self.dataset[index]
+        except BadSampleError as e:
+            return SkippedSample(self.name, e.sample_id, e.reason)
+
+
+@dataclass
+class Collator:
+    """Stacks items into one batch of one modality and tokenizes its text with the model's tokenizer.
+
+    The batch keeps `skipped`: the (dataset, sample id, reason) of bad samples dropped from it, so the runner can
+    count and report them (workers live in other processes; this is how the report reaches the main one).
+    """
+
+    modality: str
+    text_tokenizer: Callable[[list[str], str], dict[str, torch.Tensor]] | None
+
+    def __call__(self, items: list) -> dict[str, Any]:
+        good = [it for it in items if not isinstance(it, SkippedSample)]
+        batch: dict[str, Any] = {
+            "modality": self.modality,
+            "skipped": [it for it in items if isinstance(it, SkippedSample)],
+            "sample_ids": [str(it["sample_id"]) for it in good],
+        }
+        for key in good[0].keys() if good else ():
+            if key == "sample_id":
+                continue
+            values = [it[key] for it in good]
+            batch[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
+        if good and self.text_tokenizer is not None and "text_input" in batch:
+            batch.update(self.text_tokenizer(batch["text_input"], self.modality))
+        return batch
+
+
+def batch_size_of(batch: dict[str, Any]) -> int:
+    return len(batch["sample_ids"])
+
+
+def move_to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+@dataclass
+class TrainStream:
+    """One dataset's loader for training, with its sampler so the epoch and resume offset can be set."""
+
+    name: str
+    modality: str
+    loader: DataLoader
+    sampler: ShardedEpochSampler
+    batch_size: int
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return -(-self.sampler.per_rank // self.batch_size)
+
+    def start_epoch(self, epoch: int, skip_batches: int) -> Iterator[dict[str, Any]]:
+        self.sampler.set_epoch(epoch, skip=skip_batches * self.batch_size)
+        return iter(self.loader)
+
+
+def build_train_stream(
+    name: str,
+    dataset: Dataset,
+    *,
+    modality: str,
+    batch_size: int,
+    repeat: int,
+    rank: int,
+    world_size: int,
+    seed: int,
+    num_workers: int,
+    text_tokenizer,
+    pin_memory: bool,
+) -> TrainStream:
+    sampler = ShardedEpochSampler(
+        len(dataset), repeat=repeat, rank=rank, world_size=world_size, seed=seed, name=name, shuffle=True
+    )
+    loader = DataLoader(
+        SeededItems(dataset, name),
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=Collator(modality, text_tokenizer),
+        pin_memory=pin_memory,
+        persistent_workers=False,  # the sampler changes per epoch; a new iterator per epoch re-reads it
+        drop_last=False,
+    )
+    return TrainStream(name, modality, loader, sampler, batch_size)
+
+
+def epoch_plan(streams: list[TrainStream], schedule: str, seed: int, epoch: int) -> list[int]:
+    """The stream index of every step of one epoch; identical on every rank.
+
+    sequential: each dataset's loader in full, in turn (the reference's semi-hybrid behaviour).
+    interleaved: all batches of all datasets in a seeded random order, so each modality is visited in
+    proportion to its size throughout the epoch (less forgetting of the modalities trained first).
+    """
+    plan = [i for i, s in enumerate(streams) for _ in range(s.batches_per_epoch)]
+    if schedule == "interleaved":
+        gen = torch.Generator().manual_seed(derive_seed(seed, "plan", epoch))
+        plan = [plan[j] for j in torch.randperm(len(plan), generator=gen).tolist()]
+    elif schedule != "sequential":
+        raise ValueError(f"run.modality_schedule must be 'sequential' or 'interleaved', not '{schedule}'")
+    return plan

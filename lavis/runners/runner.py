@@ -1,0 +1,310 @@
+"""The training loop: everything is built in `__init__`, `train()` only iterates.
+
+One optimizer step = `run.accum_grad_iters` single-modality batches taken from the epoch plan. Gradients of the
+trainable tensors (megabytes: LoRA, queries, PaFE, heads) are all-reduced in one flat buffer before each optimizer
+step instead of wrapping the model in DDP: a step touches only one modality's tensors, which DDP could only handle
+with find_unused_parameters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+from tqdm import tqdm
+
+from lavis.common import dist as dist_utils
+from lavis.common.checkpoint import (
+    capture_rng_state,
+    checkpoint_path,
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    restore_rng_state,
+    save_atomic,
+)
+from lavis.common.config import ResolvedConfig, check_dataset_paths, save_config
+from lavis.common.metric_log import MetricSink, MetricWindow, peak_memory_mb, setup_logging
+from lavis.common.optim import build_optimizer, set_lr
+from lavis.common.registry import LR_SCHEDULES, MODELS, RUNNERS, TASKS
+from lavis.datasets.loaders import (
+    TrainStream,
+    batch_size_of,
+    build_train_stream,
+    derive_seed,
+    epoch_plan,
+    move_to,
+)
+
+log = logging.getLogger("lavis.runner")
+
+
+class BadDataError(RuntimeError):
+    pass
+
+
+def count_parameters(model: torch.nn.Module) -> dict[str, tuple[int, int]]:
+    """(trainable, frozen) parameter counts per top-level module."""
+    counts: dict[str, list[int]] = {}
+    for name, p in model.named_parameters():
+        entry = counts.setdefault(name.split(".")[0], [0, 0])
+        entry[0 if p.requires_grad else 1] += p.numel()
+    return {k: (v[0], v[1]) for k, v in counts.items()}
+
+
+def sync_gradients(params: list[torch.nn.Parameter], world_size: int) -> None:
+    """Average gradients over ranks. A tensor with a gradient on any rank takes part everywhere (zeros where it
+    has none, e.g. a rank whose batch was all bad samples), so every rank applies the same update."""
+    if not dist_utils.is_dist():
+        return
+    has_grad = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=params[0].device)
+    dist_utils.all_reduce_sum(has_grad)
+    active = [p for p, flag in zip(params, has_grad.tolist()) if flag > 0]
+    if not active:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in active]
+    flat = _flatten_dense_tensors(grads)
+    dist_utils.all_reduce_sum(flat)
+    flat /= world_size
+    for p, g in zip(active, _unflatten_dense_tensors(flat, grads)):
+        p.grad = g
+
+
+@RUNNERS.register("epoch_runner")
+class EpochRunner:
+    def __init__(self, cfg: ResolvedConfig, cfg_path: str = "<config>"):
+        self.cfg, run = cfg, cfg.run
+        self.run = run
+        self.dist = dist_utils.init_distributed(run.device.value, run.dist_timeout_s)
+        self.device = self.dist.device
+        self.output_dir = Path(run.output_dir)
+        if self.dist.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+        dist_utils.barrier()
+        setup_logging(self.dist.rank, self.output_dir)
+        if self.dist.is_main:
+            log.info("resolved config:\n%s", OmegaConf.to_yaml(cfg.yaml))
+            save_config(cfg, self.output_dir / "config.yaml")
+
+        # Data paths are checked before any weight is read.
+        builders = {name: cfg.builder_of(name)(ds) for name, ds in cfg.datasets.items()}
+        check_dataset_paths(cfg, builders, cfg_path)
+
+        # The same seed on every rank while building, so every rank starts from identical trainable tensors.
+        torch.manual_seed(run.seed)
+        self.model = MODELS.get(cfg.model_arch).from_config(cfg.model).to(self.device)
+        self.task = TASKS.get(run.task)()
+        self._log_parameters()
+
+        self.streams = self._build_streams(builders)
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(self.model, run.optimizer, run.lr_schedule.init_lr)
+        self.lr_at = LR_SCHEDULES.get(run.lr_schedule.name)
+        self.steps_per_epoch = self._steps_per_epoch()
+        self.total_steps = self.steps_per_epoch * run.max_epoch
+
+        # Precision is decided once: bf16 autocast on GPU by default, fp16 with a loss scaler on request, fp32 on CPU.
+        on_gpu = self.device.type == "cuda"
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(run.amp.value) if on_gpu else None
+        self.scaler = torch.amp.GradScaler("cuda", enabled=on_gpu and self.amp_dtype == torch.float16)
+
+        self.epoch, self.position, self.global_step = 0, 0, 0
+        self.bad_samples, self.seen_samples = 0, 0
+        self._resume_if_asked()
+        torch.manual_seed(derive_seed(run.seed, "rank", self.dist.rank, self.global_step))
+        self.sink = MetricSink(self.output_dir, run.tensorboard) if self.dist.is_main else None
+
+    # ---- construction helpers -------------------------------------------------------------------------------
+    def _log_parameters(self) -> None:
+        counts = count_parameters(self.model)
+        for module, (trainable, frozen) in sorted(counts.items()):
+            log.info("parameters %-28s trainable %12s  frozen %14s", module, f"{trainable:,}", f"{frozen:,}")
+        total_t = sum(c[0] for c in counts.values())
+        total_f = sum(c[1] for c in counts.values())
+        log.info("parameters %-28s trainable %12s  frozen %14s", "TOTAL", f"{total_t:,}", f"{total_f:,}")
+
+    def _build_streams(self, builders: dict[str, Any]) -> list[TrainStream]:
+        streams = []
+        for name, builder in builders.items():
+            ds_cfg = self.cfg.datasets[name]
+            if ds_cfg.train_split is None:
+                continue
+            dataset = builder.build(ds_cfg.train_split)
+            streams.append(build_train_stream(
+                name, dataset, modality=ds_cfg.modality, batch_size=ds_cfg.batch_size, repeat=ds_cfg.repeat,
+                rank=self.dist.rank, world_size=self.dist.world_size, seed=self.run.seed,
+                num_workers=self.run.num_workers, text_tokenizer=getattr(self.model, "text_tokenizer", None),
+                pin_memory=self.device.type == "cuda",
+            ))
+            log.info("train data %-20s modality %-18s %7d samples x%d, %d batches/epoch/rank", name,
+                     ds_cfg.modality, len(dataset), ds_cfg.repeat, streams[-1].batches_per_epoch)
+        if not streams:
+            raise ValueError("no dataset has a train_split; nothing to train on")
+        return streams
+
+    def _steps_per_epoch(self) -> int:
+        batches = sum(s.batches_per_epoch for s in self.streams)
+        return -(-batches // self.run.accum_grad_iters)
+
+    # ---- checkpoints -----------------------------------------------------------------------------------------
+    def _resume_if_asked(self) -> None:
+        target = self.run.resume_ckpt_path
+        if not target:
+            return
+        path = latest_checkpoint(self.output_dir) if target == "auto" else Path(target)
+        if path is None:
+            log.info("resume_ckpt_path=auto: no checkpoint in %s yet, starting fresh", self.output_dir)
+            return
+        state = load_checkpoint(path)
+        self.model.load_trainable_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        pos = state["position"]
+        self.epoch, self.position, self.global_step = pos["epoch"], pos["position"], pos["global_step"]
+        self.bad_samples, self.seen_samples = pos.get("bad_samples", 0), pos.get("seen_samples", 0)
+        rng = state["rng"]
+        if len(rng) == self.dist.world_size:
+            restore_rng_state(rng[self.dist.rank])
+        else:
+            log.warning("checkpoint was written by %d ranks, this run has %d: RNG states are re-seeded",
+                        len(rng), self.dist.world_size)
+        log.info("resumed from %s at epoch %d, batch %d, step %d", path, self.epoch, self.position, self.global_step)
+
+    def save_checkpoint(self) -> Path:
+        rng = dist_utils.all_gather_objects(capture_rng_state())  # a collective: every rank calls this
+        path = checkpoint_path(self.output_dir, self.global_step)
+        if self.dist.is_main:
+            state = {
+                "model": {k: v.cpu() for k, v in self.model.trainable_state_dict().items()},
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": {"name": self.run.lr_schedule.name, "step": self.global_step},
+                "scaler": self.scaler.state_dict(),
+                "rng": rng,
+                "position": {"epoch": self.epoch, "position": self.position, "global_step": self.global_step,
+                             "bad_samples": self.bad_samples, "seen_samples": self.seen_samples},
+                "config": OmegaConf.to_container(self.cfg.yaml),
+            }
+            save_atomic(state, path)
+            prune_checkpoints(self.output_dir, self.run.keep_ckpts)
+            log.info("saved %s", path)
+        dist_utils.barrier()
+        return path
+
+    # ---- the loop --------------------------------------------------------------------------------------------
+    def train(self, stop_at_step: int | None = None) -> dict[str, float]:
+        """Train to the end of `run.max_epoch`, or stop once the global step reaches `stop_at_step` (the schedule
+        still spans the whole run, as if the job had been cut off there; checkpoints follow run.ckpt_every_steps)."""
+        last: dict[str, float] = {}
+        for epoch in range(self.epoch, self.run.max_epoch):
+            self.epoch = epoch
+            last = self._train_epoch(epoch, stop_at_step) or last
+            if stop_at_step is not None and self.global_step >= stop_at_step:
+                break
+            self.epoch, self.position = epoch + 1, 0
+            self._check_bad_fraction(final=True)
+            self.save_checkpoint()
+        if self.sink is not None:
+            self.sink.close()
+        return last
+
+    def _train_epoch(self, epoch: int, stop_at_step: int | None) -> dict[str, float]:
+        plan = epoch_plan(self.streams, self.run.modality_schedule.value, self.run.seed, epoch)
+        consumed = Counter(plan[: self.position])
+        iterators = {i: s.start_epoch(epoch, consumed[i]) for i, s in enumerate(self.streams)}
+        accum = self.run.accum_grad_iters
+        window = MetricWindow(self.device)
+        metrics: dict[str, float] = {}
+        bar = tqdm(total=len(plan), initial=self.position, desc=f"epoch {epoch}", disable=not self.dist.is_main,
+                   dynamic_ncols=True)
+        for position in range(self.position, len(plan)):
+            stream = self.streams[plan[position]]
+            batch = next(iterators[plan[position]])
+            self._account_samples(batch, epoch, position, stream)
+            if batch_size_of(batch) > 0:
+                with self._autocast():
+                    loss, report = self.task.train_step(self.model, move_to(batch, self.device))
+                self.scaler.scale(loss / accum).backward()
+                window.add(batch["modality"], report, batch_size_of(batch))
+            bar.update(1)
+            if (position + 1) % accum and position + 1 < len(plan):
+                continue
+            lr = self._optimizer_step()
+            self.position = position + 1
+            if self.global_step % self.run.log_every_steps == 0:
+                metrics = self._flush(window, lr, epoch, bar)
+            if self.run.ckpt_every_steps and self.global_step % self.run.ckpt_every_steps == 0:
+                self.save_checkpoint()
+            if stop_at_step is not None and self.global_step >= stop_at_step:
+                break
+        if window.samples or window.sums:
+            metrics = self._flush(window, self.lr_at(self.global_step, self.total_steps, self.run.lr_schedule),
+                                  epoch, bar)
+        bar.close()
+        return metrics
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
+
+    def _optimizer_step(self) -> float:
+        lr = self.lr_at(self.global_step, self.total_steps, self.run.lr_schedule)
+        set_lr(self.optimizer, lr)
+        sync_gradients(self.trainable, self.dist.world_size)
+        if self.run.grad_clip_norm > 0:
+            self.scaler.unscale_(self.optimizer)
+            with_grad = [p for p in self.trainable if p.grad is not None]
+            if with_grad:
+                torch.nn.utils.clip_grad_norm_(with_grad, self.run.grad_clip_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.global_step += 1
+        return lr
+
+    def _flush(self, window: MetricWindow, lr: float, epoch: int, bar: tqdm) -> dict[str, float]:
+        metrics = window.flush()
+        metrics["lr"] = lr
+        metrics["peak_mem_mb"] = peak_memory_mb(self.device)
+        self._check_bad_fraction(final=False)
+        if self.sink is not None:
+            self.sink.write(self.global_step, epoch, metrics)
+            bar.set_postfix(loss=f"{metrics.get('loss', float('nan')):.4f}", lr=f"{lr:.2e}",
+                            sps=f"{metrics['samples_per_s']:.1f}")
+        return metrics
+
+    # ---- bad samples and tracing -----------------------------------------------------------------------------
+    def _account_samples(self, batch: dict[str, Any], epoch: int, position: int, stream: TrainStream) -> None:
+        skipped = batch["skipped"]
+        self.seen_samples += batch_size_of(batch) + len(skipped)
+        if skipped:
+            self.bad_samples += len(skipped)
+            with (self.output_dir / f"bad_samples_rank{self.dist.rank}.jsonl").open("a") as f:
+                for s in skipped:
+                    log.warning("skipped bad sample %s of dataset %s: %s", s.sample_id, s.dataset, s.reason)
+                    f.write(json.dumps({"epoch": epoch, "dataset": s.dataset, "sample_id": s.sample_id,
+                                        "reason": s.reason}) + "\n")
+        if self.run.trace_samples:
+            with (self.output_dir / f"samples_rank{self.dist.rank}.jsonl").open("a") as f:
+                f.write(json.dumps({"epoch": epoch, "position": position, "dataset": stream.name,
+                                    "sample_ids": batch["sample_ids"]}) + "\n")
+
+    def _check_bad_fraction(self, final: bool) -> None:
+        totals = torch.tensor([float(self.bad_samples), float(self.seen_samples)], device=self.device)
+        dist_utils.all_reduce_sum(totals)
+        bad, seen = totals.tolist()
+        if seen == 0 or (not final and seen < self.run.bad_sample_check_after):
+            return
+        if bad > self.run.max_bad_sample_fraction * seen:
+            raise BadDataError(
+                f"{int(bad)} of {int(seen)} samples were bad ({bad / seen:.2%} > run.max_bad_sample_fraction = "
+                f"{self.run.max_bad_sample_fraction:.2%}); the samples and reasons are in "
+                f"{self.output_dir}/bad_samples_rank*.jsonl. Fix the data or raise the threshold knowingly."
+            )

@@ -1,0 +1,1 @@
+from lavis.tasks import pretrain  # noqa: F401  (registers "pretrain")
