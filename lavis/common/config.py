@@ -63,6 +63,7 @@ class RunConfig:
     ckpt_every_steps: int = 0  # 0: only at epoch end
     keep_ckpts: int = 3  # 0 keeps all
     resume_ckpt_path: Optional[str] = None  # a checkpoint file, or "auto" for the latest in output_dir
+    load_ckpt_path: Optional[str] = None  # trainable tensors to start from (evaluation, fine-tuning); not a resume
     num_workers: int = 2
     max_bad_sample_fraction: float = 0.01
     bad_sample_check_after: int = 1000  # samples seen before the fraction is enforced (always at epoch end)

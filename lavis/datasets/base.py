@@ -50,3 +50,4 @@ class DatasetConfig:
     repeat: int = 1  # times the training split appears in one epoch
     train_split: Optional[str] = "train"  # None: not used for training
     eval_split: Optional[str] = None  # split used by evaluate.py
+    eval_gt_file: Optional[str] = None  # COCO caption-format ground truth of eval_split (tools/prepare_eval_*.py)

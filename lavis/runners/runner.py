@@ -30,10 +30,10 @@ from lavis.common.checkpoint import (
     restore_rng_state,
     save_atomic,
 )
-from lavis.common.config import ResolvedConfig, check_dataset_paths, save_config
-from lavis.common.metric_log import MetricSink, MetricWindow, peak_memory_mb, setup_logging
+from lavis.common.config import ResolvedConfig
+from lavis.common.metric_log import MetricSink, MetricWindow, peak_memory_mb
 from lavis.common.optim import build_optimizer, set_lr
-from lavis.common.registry import LR_SCHEDULES, MODELS, RUNNERS, TASKS
+from lavis.common.registry import LR_SCHEDULES, RUNNERS, TASKS
 from lavis.datasets.loaders import (
     TrainStream,
     batch_size_of,
@@ -42,21 +42,13 @@ from lavis.datasets.loaders import (
     epoch_plan,
     move_to,
 )
+from lavis.runners.setup import set_up_run
 
 log = logging.getLogger("lavis.runner")
 
 
 class BadDataError(RuntimeError):
     pass
-
-
-def count_parameters(model: torch.nn.Module) -> dict[str, tuple[int, int]]:
-    """(trainable, frozen) parameter counts per top-level module."""
-    counts: dict[str, list[int]] = {}
-    for name, p in model.named_parameters():
-        entry = counts.setdefault(name.split(".")[0], [0, 0])
-        entry[0 if p.requires_grad else 1] += p.numel()
-    return {k: (v[0], v[1]) for k, v in counts.items()}
 
 
 def sync_gradients(params: list[torch.nn.Parameter], world_size: int) -> None:
@@ -80,28 +72,13 @@ def sync_gradients(params: list[torch.nn.Parameter], world_size: int) -> None:
 @RUNNERS.register("epoch_runner")
 class EpochRunner:
     def __init__(self, cfg: ResolvedConfig, cfg_path: str = "<config>"):
-        self.cfg, run = cfg, cfg.run
-        self.run = run
-        self.dist = dist_utils.init_distributed(run.device.value, run.dist_timeout_s)
-        self.device = self.dist.device
-        self.output_dir = Path(run.output_dir)
-        if self.dist.is_main:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-        dist_utils.barrier()
-        setup_logging(self.dist.rank, self.output_dir)
-        if self.dist.is_main:
-            log.info("resolved config:\n%s", OmegaConf.to_yaml(cfg.yaml))
-            save_config(cfg, self.output_dir / "config.yaml")
-
-        # Data paths are checked before any weight is read.
-        builders = {name: cfg.builder_of(name)(ds) for name, ds in cfg.datasets.items()}
-        check_dataset_paths(cfg, builders, cfg_path)
-
-        # The same seed on every rank while building, so every rank starts from identical trainable tensors.
-        torch.manual_seed(run.seed)
-        self.model = MODELS.get(cfg.model_arch).from_config(cfg.model).to(self.device)
+        self.cfg, self.run = cfg, cfg.run
+        run = cfg.run
+        setup = set_up_run(cfg, cfg_path)
+        self.dist, self.device, self.output_dir = setup.dist, setup.dist.device, setup.output_dir
+        self.model = setup.model
+        builders = setup.builders
         self.task = TASKS.get(run.task)()
-        self._log_parameters()
 
         self.streams = self._build_streams(builders)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
@@ -122,14 +99,6 @@ class EpochRunner:
         self.sink = MetricSink(self.output_dir, run.tensorboard) if self.dist.is_main else None
 
     # ---- construction helpers -------------------------------------------------------------------------------
-    def _log_parameters(self) -> None:
-        counts = count_parameters(self.model)
-        for module, (trainable, frozen) in sorted(counts.items()):
-            log.info("parameters %-28s trainable %12s  frozen %14s", module, f"{trainable:,}", f"{frozen:,}")
-        total_t = sum(c[0] for c in counts.values())
-        total_f = sum(c[1] for c in counts.values())
-        log.info("parameters %-28s trainable %12s  frozen %14s", "TOTAL", f"{total_t:,}", f"{total_f:,}")
-
     def _build_streams(self, builders: dict[str, Any]) -> list[TrainStream]:
         streams = []
         for name, builder in builders.items():
