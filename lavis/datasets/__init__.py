@@ -1,0 +1,1 @@
+from lavis.datasets import builders  # noqa: F401  (registers dataset builders)

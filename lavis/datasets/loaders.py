@@ -185,3 +185,26 @@ def epoch_plan(streams: list[TrainStream], schedule: str, seed: int, epoch: int)
     elif schedule != "sequential":
         raise ValueError(f"run.modality_schedule must be 'sequential' or 'interleaved', not '{schedule}'")
     return plan
+
+
+class EvalSampler(Sampler):
+    """Every sample exactly once over all ranks (rank r takes r, r + world, ...): no padding, so nothing is
+    scored twice. Yields (index, seed) like the training sampler."""
+
+    def __init__(self, size: int, *, rank: int, world_size: int, seed: int, name: str):
+        self.indices = list(range(rank, size, world_size))
+        self.seed, self.name = seed, name
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for index in self.indices:
+            yield index, derive_seed(self.seed, self.name, "eval", index)
+
+
+def build_eval_loader(name: str, dataset: Dataset, *, modality: str, batch_size: int, rank: int, world_size: int,
+                      seed: int, num_workers: int) -> DataLoader:
+    sampler = EvalSampler(len(dataset), rank=rank, world_size=world_size, seed=seed, name=name)
+    return DataLoader(SeededItems(dataset, name), batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                      collate_fn=Collator(modality, text_tokenizer=None))

@@ -8,7 +8,6 @@ with find_unused_parameters.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from collections import Counter
@@ -42,7 +41,7 @@ from lavis.datasets.loaders import (
     epoch_plan,
     move_to,
 )
-from lavis.runners.setup import set_up_run
+from lavis.runners.setup import autocast, autocast_dtype, set_up_run
 
 log = logging.getLogger("lavis.runner")
 
@@ -87,10 +86,8 @@ class EpochRunner:
         self.steps_per_epoch = self._steps_per_epoch()
         self.total_steps = self.steps_per_epoch * run.max_epoch
 
-        # Precision is decided once: bf16 autocast on GPU by default, fp16 with a loss scaler on request, fp32 on CPU.
-        on_gpu = self.device.type == "cuda"
-        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(run.amp.value) if on_gpu else None
-        self.scaler = torch.amp.GradScaler("cuda", enabled=on_gpu and self.amp_dtype == torch.float16)
+        self.amp_dtype = autocast_dtype(self.device, run.amp.value)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)  # fp16 needs loss scaling
 
         self.epoch, self.position, self.global_step = 0, 0, 0
         self.bad_samples, self.seen_samples = 0, 0
@@ -197,7 +194,7 @@ class EpochRunner:
             batch = next(iterators[plan[position]])
             self._account_samples(batch, epoch, position, stream)
             if batch_size_of(batch) > 0:
-                with self._autocast():
+                with autocast(self.amp_dtype):
                     loss, report = self.task.train_step(self.model, move_to(batch, self.device))
                 self.scaler.scale(loss / accum).backward()
                 window.add(batch["modality"], report, batch_size_of(batch))
@@ -217,11 +214,6 @@ class EpochRunner:
                                   epoch, bar)
         bar.close()
         return metrics
-
-    def _autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
 
     def _optimizer_step(self) -> float:
         lr = self.lr_at(self.global_step, self.total_steps, self.run.lr_schedule)
@@ -245,6 +237,9 @@ class EpochRunner:
         self._check_bad_fraction(final=False)
         if self.sink is not None:
             self.sink.write(self.global_step, epoch, metrics)
+            terms = "  ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()) if k.startswith("loss"))
+            log.info("step %d  %s  lr %.2e  %.1f samples/s  peak %.0f MB", self.global_step, terms, lr,
+                     metrics["samples_per_s"], metrics["peak_mem_mb"])
             bar.set_postfix(loss=f"{metrics.get('loss', float('nan')):.4f}", lr=f"{lr:.2e}",
                             sps=f"{metrics['samples_per_s']:.1f}")
         return metrics

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,3 +71,14 @@ def set_up_run(cfg: ResolvedConfig, cfg_path: str, config_name: str = "config.ya
         log.info("loaded trainable tensors from %s", run.load_ckpt_path)
     log_parameters(model)
     return RunSetup(dist=info, output_dir=output_dir, builders=builders, model=model.to(info.device))
+
+
+def autocast_dtype(device: torch.device, amp: str) -> torch.dtype | None:
+    """Precision is decided once: bf16 autocast on GPU by default, fp16 on request, fp32 on CPU."""
+    if device.type != "cuda":
+        return None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+
+
+def autocast(dtype: torch.dtype | None):
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device_type="cuda", dtype=dtype)

@@ -1,0 +1,155 @@
+"""Point clouds and 3D boxes, from a file's array to model input: sample/pad, normalise, augment.
+
+The geometry of a region travels with its points: the box's 8 corners go through exactly the same centring,
+scaling and rotation as the cloud, so after any augmentation they still enclose the object's points. Randomness
+comes only from torch's global RNG, which the loader seeds per sample (reproducible, resumable augmentation).
+
+Corner order of `box_corners` (signs of the half-size added to the centre, z is up):
+    0 (-,-,-)  1 (+,-,-)  2 (+,+,-)  3 (-,+,-)     bottom face, counter-clockwise seen from above
+    4 (-,-,+)  5 (+,-,+)  6 (+,+,+)  7 (-,+,+)     top face, same order
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+
+from lavis.common.registry import PROCESSORS
+
+CORNER_SIGNS = torch.tensor(
+    [[-1, -1, -1], [1, -1, -1], [1, 1, -1], [-1, 1, -1], [-1, -1, 1], [1, -1, 1], [1, 1, 1], [-1, 1, 1]],
+    dtype=torch.float32,
+)
+
+
+class PointCloudError(ValueError):
+    """The array cannot be a point cloud (shape, NaN, too few channels); datasets turn it into a BadSampleError."""
+
+
+def box_corners(center, size) -> torch.Tensor:
+    """Axis-aligned box(es) (centre [..., 3], full size [..., 3]) -> corners [..., 8, 3] in the order above."""
+    center = torch.as_tensor(center, dtype=torch.float32)
+    size = torch.as_tensor(size, dtype=torch.float32)
+    return center.unsqueeze(-2) + CORNER_SIGNS * (size.unsqueeze(-2) / 2)
+
+
+def corners_to_geometry(corners: torch.Tensor) -> torch.Tensor:
+    """[8, 3] corners -> the flat [24] `region_geometry` vector (corner-major: x0 y0 z0 x1 ...)."""
+    return corners.reshape(-1)
+
+
+def rotation_z(angle: float | torch.Tensor) -> torch.Tensor:
+    """[3, 3] rotation by `angle` radians about the up (z) axis, counter-clockwise seen from above."""
+    c, s = math.cos(float(angle)), math.sin(float(angle))
+    return torch.tensor([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
+@dataclass
+class PointCloudProcessorConfig:
+    num_points: int = 8192
+    sampling: str = "random"  # "random": random subset / random repeats; "stride": evenly spaced, deterministic
+    use_color: bool = False  # keep rgb (channels 3:6, scaled to [0, 1]) after xyz
+    normalize: bool = True  # centre on the mean and scale so the farthest point is at distance 1
+    dropout_max_ratio: float = 0.0  # drop a uniform(0, max) fraction of points before sampling
+    scale_low: float = 1.0  # scale factor drawn from uniform(low, high) ...
+    scale_high: float = 1.0
+    anisotropic: bool = True  # ... per axis (True) or one factor for all axes (False)
+    rotate_z_max_deg: float = 0.0  # rotation about z drawn from uniform(-max, max); 180 = any rotation
+
+
+@PROCESSORS.register("point_cloud")
+class PointCloudProcessor:
+    """(array [N, C>=3], optional box corners [K, 8, 3]) -> (points [num_points, 3 or 6], corners [K, 8, 3])."""
+
+    Config = PointCloudProcessorConfig
+
+    def __init__(self, cfg: PointCloudProcessorConfig):
+        if cfg.sampling not in ("random", "stride"):
+            raise ValueError(f"point_cloud processor: sampling must be 'random' or 'stride', not '{cfg.sampling}'")
+        if not 0.0 <= cfg.dropout_max_ratio < 1.0:
+            raise ValueError(f"point_cloud processor: dropout_max_ratio must be in [0, 1), got {cfg.dropout_max_ratio}")
+        if not 0.0 < cfg.scale_low <= cfg.scale_high:
+            raise ValueError(f"point_cloud processor: need 0 < scale_low <= scale_high, got {cfg.scale_low}, "
+                             f"{cfg.scale_high}")
+        self.cfg = cfg
+
+    @classmethod
+    def from_config(cls, cfg: PointCloudProcessorConfig) -> PointCloudProcessor:
+        return cls(cfg)
+
+    @property
+    def channels(self) -> int:
+        return 6 if self.cfg.use_color else 3
+
+    def __call__(self, array, corners: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        points = self._validated(array)
+        points = self._dropout(points)
+        points = points[self.sample_indices(len(points))]
+        xyz, rest = points[:, :3], points[:, 3:]
+        corners = None if corners is None else torch.as_tensor(corners, dtype=torch.float32).clone()
+        if self.cfg.normalize:
+            center, radius = normalization_of(xyz)
+            xyz = (xyz - center) / radius
+            corners = None if corners is None else (corners - center) / radius
+        linear = self._random_linear()
+        if linear is not None:
+            xyz = xyz @ linear.T
+            corners = None if corners is None else corners @ linear.T
+        return torch.cat([xyz, rest], 1).contiguous(), corners
+
+    def _validated(self, array) -> torch.Tensor:
+        points = torch.as_tensor(np.asarray(array), dtype=torch.float32)
+        if points.ndim != 2 or points.shape[1] < 3:
+            raise PointCloudError(f"expected an [N, >=3] array, got shape {tuple(points.shape)}")
+        if len(points) == 0:
+            raise PointCloudError("the point cloud is empty")
+        if self.cfg.use_color and points.shape[1] < 6:
+            raise PointCloudError(f"use_color is set but the cloud has {points.shape[1]} channels (need xyz rgb)")
+        if not torch.isfinite(points[:, : self.channels]).all():
+            raise PointCloudError("the point cloud has NaN or infinite values")
+        if not self.cfg.use_color:
+            return points[:, :3]
+        rgb = points[:, 3:6]
+        if rgb.max() > 1.0:  # stored as 0-255 (ScanNet, most .ply files)
+            rgb = rgb / 255.0
+        return torch.cat([points[:, :3], rgb.clamp(0.0, 1.0)], 1)
+
+    def _dropout(self, points: torch.Tensor) -> torch.Tensor:
+        if self.cfg.dropout_max_ratio <= 0:
+            return points
+        ratio = float(torch.rand(())) * self.cfg.dropout_max_ratio
+        keep = torch.rand(len(points)) >= ratio
+        return points[keep] if keep.any() else points[:1]
+
+    def sample_indices(self, n: int) -> torch.Tensor:
+        """Indices giving exactly num_points rows: a subset when n is larger, every row plus repeats otherwise."""
+        want = self.cfg.num_points
+        if self.cfg.sampling == "stride":
+            return torch.arange(want) * n // want if n >= want else torch.arange(want) % n
+        if n >= want:
+            return torch.randperm(n)[:want]
+        return torch.cat([torch.randperm(n), torch.randint(0, n, (want - n,))])
+
+    def _random_linear(self) -> Optional[torch.Tensor]:
+        """The augmentation as one 3x3 matrix (rotation @ scale), or None when augmentation is off."""
+        cfg = self.cfg
+        matrix = None
+        if cfg.scale_low != 1.0 or cfg.scale_high != 1.0:
+            draws = torch.rand(3 if cfg.anisotropic else 1) * (cfg.scale_high - cfg.scale_low) + cfg.scale_low
+            matrix = torch.diag(draws.expand(3))
+        if cfg.rotate_z_max_deg > 0:
+            angle = (float(torch.rand(())) * 2 - 1) * math.radians(cfg.rotate_z_max_deg)
+            rot = rotation_z(angle)
+            matrix = rot if matrix is None else rot @ matrix
+        return matrix
+
+
+def normalization_of(xyz: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Centre (mean) and radius (farthest distance from it) that map the cloud into the unit sphere."""
+    center = xyz.mean(0)
+    radius = (xyz - center).norm(dim=1).max()
+    return center, radius.clamp_min(1e-8)
