@@ -1,1 +1,1 @@
-from lavis.processors import point_processors  # noqa: F401  (registers processors)
+from lavis.processors import image_processors, point_processors, text_processors  # noqa: F401  (register processors)

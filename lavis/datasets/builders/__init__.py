@@ -1,1 +1,1 @@
-from lavis.datasets.builders import point_builders  # noqa: F401  (registers dataset builders)
+from lavis.datasets.builders import image_builders, point_builders  # noqa: F401  (register dataset builders)

@@ -1,0 +1,145 @@
+"""Image processors that keep a region box consistent with the pixels: resize, box-safe crop, colour jitter, normalise.
+
+`BoxImageProcessor(image, box)` takes a PIL image and an optional box (x1, y1, x2, y2 in pixels) and returns the
+normalised image tensor `[3, S, S]` and the box normalised to [0, 1] (x1, y1, x2, y2), or None without a box.
+Boxes follow the pixels through torchvision transforms v2 (`tv_tensors.BoundingBoxes`), never by separate arithmetic.
+
+Horizontal flip is off by default: referring expressions say "left" / "right", and flipping the image without
+rewriting the text would teach the model the wrong side. Random choices use torch's global RNG, which the loader
+seeds per sample, so an augmentation is reproducible and a resumed run sees the same pixels.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+from lavis.common.registry import PROCESSORS
+
+EVA_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+EVA_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class ImageReadError(ValueError):
+    """An image file that is missing or cannot be decoded; datasets turn it into a BadSampleError."""
+
+
+def load_rgb_image(source: str | Path | bytes) -> Image.Image:
+    """Open a path or encoded bytes as a fully decoded RGB image (decoding now surfaces truncated files here)."""
+    try:
+        image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        image.load()
+    except FileNotFoundError:
+        raise ImageReadError(f"image file not found: {source}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        where = "<bytes>" if isinstance(source, bytes) else source
+        raise ImageReadError(f"cannot decode image {where}: {e}") from None
+    return image.convert("RGB")
+
+
+def box_xywh_to_xyxy(box: Sequence[float]) -> list[float]:
+    x, y, w, h = (float(v) for v in box)
+    return [x, y, x + w, y + h]
+
+
+def check_box(box_xyxy: Sequence[float], width: int, height: int, tolerance: float) -> list[float]:
+    """The box clipped to the image, or ValueError(reason) if it is not finite, empty, or outside the image.
+
+    Annotation boxes often overshoot the border by a fraction of a pixel; up to `tolerance` pixels is clipped.
+    """
+    x1, y1, x2, y2 = (float(v) for v in box_xyxy)
+    if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
+        raise ValueError(f"box {list(box_xyxy)} is not finite")
+    if x1 < -tolerance or y1 < -tolerance or x2 > width + tolerance or y2 > height + tolerance:
+        raise ValueError(f"box {list(box_xyxy)} lies outside the {width}x{height} image")
+    x1, x2 = max(0.0, x1), min(float(width), x2)
+    y1, y2 = max(0.0, y1), min(float(height), y2)
+    if x2 - x1 <= 0 or y2 - y1 <= 0:
+        raise ValueError(f"box {list(box_xyxy)} has zero area inside the {width}x{height} image")
+    return [x1, y1, x2, y2]
+
+
+def _sample_span(size: int, lo_edge: float, hi_edge: float, min_scale: float) -> tuple[int, int]:
+    """A random integer (start, length) along one axis that contains [lo_edge, hi_edge] and is >= min_scale * size."""
+    keep_lo, keep_hi = math.floor(lo_edge), math.ceil(hi_edge)
+    min_len = min(size, max(keep_hi - keep_lo, math.ceil(min_scale * size), 1))
+    length = int(torch.randint(min_len, size + 1, ()).item())
+    first, last = max(0, keep_hi - length), min(keep_lo, size - length)
+    start = int(torch.randint(first, last + 1, ()).item())
+    return start, length
+
+
+def sample_box_safe_crop(
+    height: int, width: int, box_xyxy: Optional[Sequence[float]], min_scale: float
+) -> tuple[int, int, int, int]:
+    """(top, left, crop_height, crop_width) of a random crop that keeps the whole box; each side >= min_scale."""
+    x1, y1, x2, y2 = box_xyxy if box_xyxy is not None else (width, height, 0, 0)  # no box: nothing to keep
+    left, crop_w = _sample_span(width, x1, x2, min_scale)
+    top, crop_h = _sample_span(height, y1, y2, min_scale)
+    return top, left, crop_h, crop_w
+
+
+@dataclass
+class BoxImageConfig:
+    image_size: int = 224
+    mean: List[float] = field(default_factory=lambda: list(EVA_CLIP_MEAN))
+    std: List[float] = field(default_factory=lambda: list(EVA_CLIP_STD))
+    crop_prob: float = 0.0  # chance of a random crop that keeps the box inside
+    crop_min_scale: float = 0.7  # smallest crop side, as a fraction of the image side
+    color_jitter: float = 0.0  # brightness / contrast / saturation strength; 0 turns it off
+    hflip_prob: float = 0.0  # keep 0 for referring text: "left" / "right" in the caption would become wrong
+    box_tolerance: float = 1.0  # pixels a box may overshoot the image border before the sample is rejected
+
+
+@PROCESSORS.register("box_image")
+class BoxImageProcessor:
+    Config = BoxImageConfig
+
+    def __init__(self, cfg: BoxImageConfig):
+        if not 0.0 < cfg.crop_min_scale <= 1.0:
+            raise ValueError(f"crop_min_scale must be in (0, 1], not {cfg.crop_min_scale}")
+        self.cfg = cfg
+        strength = cfg.color_jitter
+        self.jitter = v2.ColorJitter(strength, strength, strength) if strength > 0 else None
+
+    @classmethod
+    def from_config(cls, cfg: BoxImageConfig) -> BoxImageProcessor:
+        return cls(cfg)
+
+    def __call__(
+        self, image: Image.Image, box_xyxy: Optional[Sequence[float]] = None
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        cfg = self.cfg
+        pixels = F.to_image(image)
+        height, width = pixels.shape[-2:]
+        boxes = None
+        if box_xyxy is not None:
+            boxes = tv_tensors.BoundingBoxes(
+                torch.tensor([list(box_xyxy)], dtype=torch.float32), format="XYXY", canvas_size=(height, width)
+            )
+        if cfg.crop_prob > 0 and torch.rand(()).item() < cfg.crop_prob:
+            top, left, crop_h, crop_w = sample_box_safe_crop(height, width, box_xyxy, cfg.crop_min_scale)
+            pixels = F.crop(pixels, top, left, crop_h, crop_w)
+            boxes = F.crop(boxes, top, left, crop_h, crop_w) if boxes is not None else None
+        if cfg.hflip_prob > 0 and torch.rand(()).item() < cfg.hflip_prob:
+            pixels = F.horizontal_flip(pixels)
+            boxes = F.horizontal_flip(boxes) if boxes is not None else None
+        size = [cfg.image_size, cfg.image_size]
+        pixels = F.resize(pixels, size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
+        if self.jitter is not None:
+            pixels = self.jitter(pixels)
+        pixels = F.normalize(F.to_dtype(pixels, torch.float32, scale=True), mean=cfg.mean, std=cfg.std)
+        if boxes is None:
+            return pixels.as_subclass(torch.Tensor), None
+        boxes = F.resize(boxes, size)
+        region = (boxes.as_subclass(torch.Tensor)[0] / cfg.image_size).clamp(0.0, 1.0)
+        return pixels.as_subclass(torch.Tensor), region
