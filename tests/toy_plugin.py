@@ -75,6 +75,15 @@ class ToyMultimodal(BaseModel):
         })
 
 
+    @torch.no_grad()
+    def generate(self, batch) -> list[str]:
+        """A "caption" whose length is the predicted text length: enough to score with the caption metrics."""
+        m = batch["modality"]
+        features = torch.tanh(self.encoder(batch[self.cfg.modalities[m].input_key]))
+        lengths = (self.length_heads[m](features).squeeze(1) * 10).round().clamp(1, 12).long().tolist()
+        return [" ".join(["a"] * n) for n in lengths]
+
+
 @dataclass
 class ToyVectorsConfig(DatasetConfig):
     size: int = 32
@@ -102,7 +111,7 @@ class ToyVectors(Dataset):
             raise BadSampleError(f"toy-{i}", "unreadable on purpose")
         x = self.x[i] + self.cfg.aug_noise * torch.randn(self.cfg.dim)  # augmentation uses the global RNG
         return {"sample_id": f"toy-{i}", self.cfg.input_key: x, "region_geometry": self.y[i],
-                "text_input": "a" * (1 + i % 7)}
+                "text_input": "a" * (1 + i % 7), "image_id": i}
 
 
 @DATASET_BUILDERS.register("toy_vectors")

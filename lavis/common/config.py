@@ -19,6 +19,7 @@ from typing import Any, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+from lavis.common.caption_metrics import CaptionMetricsConfig
 from lavis.common.config_schema import ConfigError, merge_checked
 from lavis.common.optim import LRScheduleConfig, OptimizerConfig
 from lavis.common.registry import DATASET_BUILDERS, LR_SCHEDULES, MODELS, RUNNERS, TASKS
@@ -70,6 +71,7 @@ class RunConfig:
     trace_samples: bool = False  # write the sample ids of every step to samples_rank{r}.jsonl
     tensorboard: bool = True
     dist_timeout_s: int = 1800
+    caption_metrics: CaptionMetricsConfig = field(default_factory=CaptionMetricsConfig)  # evaluation scoring
 
 
 @dataclass

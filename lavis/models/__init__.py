@@ -1,1 +1,2 @@
-from lavis.models import eva_vit, pointbert  # noqa: F401  (register the "eva_vit" and "pointbert" encoders)
+# Importing registers the encoders ("eva_vit", "pointbert"), the "regionblip" model and its region kinds.
+from lavis.models import eva_vit, pointbert, regionblip  # noqa: F401

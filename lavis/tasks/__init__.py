@@ -1,1 +1,1 @@
-from lavis.tasks import pretrain  # noqa: F401  (registers "pretrain")
+from lavis.tasks import captioning, pretrain  # noqa: F401  (registers "pretrain" and "captioning")

@@ -1,0 +1,141 @@
+"""The frozen language models behind one interface: OPT (decoder-only) and FlanT5 (encoder-decoder).
+
+Both are the unmodified transformers classes loaded from a local HF directory; each modality gets its own LoRA
+adapter (lavis.models.lora). The soft prompt (projected Q-Former outputs) always comes first:
+
+    OPT  input   = [soft prompt | prompt ids (</s> first) | target ids]   causal LM loss on the target ids only
+    T5   encoder = [soft prompt | prefix ids (</s> last)], decoder target = target ids   (prefix LM)
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from enum import Enum
+
+import torch
+from torch import Tensor, nn
+
+from lavis.models import lora
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100  # label value the HF losses skip
+
+
+class LLMFamily(str, Enum):
+    opt = "opt"
+    t5 = "t5"
+
+
+class LLMDtype(str, Enum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+@dataclass
+class LLMConfig:
+    family: LLMFamily = LLMFamily.opt
+    path: str = "???"  # local HF directory with the weights and the tokenizer
+    dtype: LLMDtype = LLMDtype.bfloat16  # of the frozen base weights; LoRA tensors are kept in float32
+
+
+@dataclass
+class GenerationConfig:
+    num_beams: int = 5
+    max_new_tokens: int = 30
+    min_new_tokens: int = 8
+    repetition_penalty: float = 1.0
+    length_penalty: float = 1.0
+
+
+def load_llm_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
+class LanguageModel(nn.Module):
+    """A frozen HF LLM with per-modality LoRA adapters; `family` decides how the soft prompt and text are laid out."""
+
+    def __init__(self, cfg: LLMConfig, model: nn.Module, tokenizer):
+        super().__init__()
+        self.family = LLMFamily(cfg.family)
+        self.model = model
+        self.tokenizer = tokenizer
+        # OPT captions end with "\n" (BLIP-2's convention), so generation stops there; T5 stops at </s>.
+        if self.family is LLMFamily.opt:
+            self.stop_token_id = tokenizer("\n", add_special_tokens=False).input_ids[0]
+        else:
+            self.stop_token_id = tokenizer.eos_token_id
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.get_input_embeddings().embedding_dim
+
+    def _embed(self, ids: Tensor) -> Tensor:
+        return self.model.get_input_embeddings()(ids)
+
+    def _inputs(self, soft_prompt: Tensor, prompt_ids: Tensor) -> tuple[Tensor, Tensor]:
+        """[soft prompt | prompt] embeddings and their all-ones attention mask."""
+        batch = soft_prompt.shape[0]
+        prompt = self._embed(prompt_ids.to(soft_prompt.device).expand(batch, -1))
+        embeds = torch.cat([soft_prompt.to(prompt.dtype), prompt], dim=1)
+        return embeds, torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+
+    def loss(self, soft_prompt: Tensor, prompt_ids: Tensor, target_ids: Tensor, target_mask: Tensor) -> Tensor:
+        """Mean next-token cross-entropy over the target tokens.
+
+        soft_prompt [B, Q, D]; prompt_ids [1, P] (the same for the whole batch); target_ids / target_mask [B, T],
+        right-padded."""
+        embeds, mask = self._inputs(soft_prompt, prompt_ids)
+        labels = target_ids.masked_fill(target_mask == 0, IGNORE_INDEX)
+        if self.family is LLMFamily.opt:
+            ignored = torch.full(mask.shape, IGNORE_INDEX, dtype=labels.dtype, device=labels.device)
+            out = self.model(
+                inputs_embeds=torch.cat([embeds, self._embed(target_ids)], dim=1),
+                attention_mask=torch.cat([mask, target_mask], dim=1),
+                labels=torch.cat([ignored, labels], dim=1),
+            )
+        else:
+            out = self.model(
+                inputs_embeds=embeds, attention_mask=mask, labels=labels, decoder_attention_mask=target_mask
+            )
+        return out.loss
+
+    @torch.no_grad()
+    def generate(self, soft_prompt: Tensor, prompt_ids: Tensor, gen: GenerationConfig) -> list[str]:
+        """Beam search from the soft prompt (+ prompt / prefix); returns the decoded, stripped texts."""
+        embeds, mask = self._inputs(soft_prompt, prompt_ids)
+        out = self.model.generate(
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            do_sample=False,
+            num_beams=gen.num_beams,
+            max_new_tokens=gen.max_new_tokens,
+            min_new_tokens=gen.min_new_tokens,
+            repetition_penalty=gen.repetition_penalty,
+            length_penalty=gen.length_penalty,
+            eos_token_id=self.stop_token_id,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        return [text.strip() for text in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+
+def build_llm(cfg: LLMConfig, adapter_names: list[str], lora_settings: lora.LoraSettings) -> LanguageModel:
+    """Load the frozen LLM and its tokenizer from `cfg.path` (no network) and add one LoRA adapter per name."""
+    from transformers import AutoModelForCausalLM, T5ForConditionalGeneration
+
+    family = LLMFamily(cfg.family)
+    model_cls = AutoModelForCausalLM if family is LLMFamily.opt else T5ForConditionalGeneration
+    dtype = getattr(torch, LLMDtype(cfg.dtype).value)
+    model = model_cls.from_pretrained(cfg.path, dtype=dtype, local_files_only=True)
+    model.requires_grad_(False)
+    if adapter_names:
+        lora.add_lora_adapters(model, adapter_names, lora_settings, where=f"llm ({cfg.path})")
+        for p in model.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()  # optimizer state and updates of the small adapters in full precision
+    log.info("LLM %s (%s, %s) with LoRA adapters %s", cfg.path, family.value, dtype, adapter_names)
+    return LanguageModel(cfg, model, load_llm_tokenizer(cfg.path))

@@ -1,0 +1,131 @@
+"""RegionBLIP's configuration: what YAML fills, with every default in one place, and the checks that run before any
+weight is read. Modalities are entries of `modalities`; the model code never names one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
+
+from lavis.common.config_schema import ConfigError, config_from_dict
+from lavis.common.registry import ENCODERS, REGION_KINDS
+from lavis.models.llm import GenerationConfig, LLMConfig, LLMFamily
+from lavis.models.lora import LoraSettings
+from lavis.models.qformer import QFormerConfig
+
+LOSS_TERMS = ("itc", "itm", "itg", "llm", "reg")
+
+
+@dataclass
+class EncoderEntry:
+    name: str = "???"  # a registered encoder (lavis.common.registry.ENCODERS)
+    input_key: str = "???"  # the batch key it reads, e.g. image or points
+    params: Dict[str, Any] = field(default_factory=dict)  # fields of the encoder's Config
+    init_from_blip2: bool = False  # load visual_encoder.* / ln_vision.* of blip2_checkpoint_path
+
+
+@dataclass
+class QFormerEntry:
+    config: QFormerConfig = field(default_factory=QFormerConfig)
+    frozen: bool = True  # base weights; the LoRA adapters always train
+    init_from_blip2: bool = False  # load Qformer.* of blip2_checkpoint_path
+
+
+@dataclass
+class LoraConfigs:
+    qformer: LoraSettings = field(default_factory=LoraSettings)
+    llm: LoraSettings = field(default_factory=lambda: LoraSettings(target_modules=["q_proj", "v_proj"]))
+
+
+@dataclass
+class ModalityConfig:
+    encoder: str = "???"  # a key of `encoders`
+    qformer: str = "???"  # a key of `qformers`
+    region: Optional[str] = None  # a registered region kind; None: holistic (no PaFE, no regression head)
+    losses: Dict[str, float] = field(default_factory=dict)  # term -> weight, terms among LOSS_TERMS; 0 = off
+    prompt: str = ""  # OPT: text after the soft prompt
+    prefix: str = ""  # FlanT5: encoder text after the soft prompt, e.g. "a photo of"
+    lora: bool = True  # own LoRA adapter in the Q-Former and the LLM
+    init_from_blip2: bool = False  # copy BLIP-2's query tokens, LLM / ITC projections, ITM head and temperature
+
+
+@dataclass
+class RegionBLIPConfig:
+    encoders: Dict[str, EncoderEntry] = field(default_factory=dict)
+    qformers: Dict[str, QFormerEntry] = field(default_factory=dict)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    lora: LoraConfigs = field(default_factory=LoraConfigs)
+    modalities: Dict[str, ModalityConfig] = field(default_factory=dict)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    num_query_tokens: int = 32
+    pafe_hidden: int = 128
+    embed_dim: int = 256  # ITC projection width
+    max_text_len: int = 32  # tokens, for both the Q-Former text and the LLM target
+    itc_label_smoothing: float = 0.1
+    freeze_blip2_pretrain: bool = True  # keep BLIP-2's image path (queries, LLM projection, heads) as loaded
+    blip2_checkpoint_path: Optional[str] = None  # a LAVIS BLIP-2 file (torch.load(...)["model"])
+
+
+def _check_refs(cfg: RegionBLIPConfig) -> None:
+    if not cfg.modalities:
+        raise ConfigError("model.modalities: at least one modality is needed")
+    for name, m in cfg.modalities.items():
+        where = f"model.modalities.{name}"
+        if m.encoder not in cfg.encoders:
+            raise ConfigError(f"{where}.encoder '{m.encoder}' is not a key of model.encoders ({list(cfg.encoders)})")
+        if m.qformer not in cfg.qformers:
+            raise ConfigError(f"{where}.qformer '{m.qformer}' is not a key of model.qformers ({list(cfg.qformers)})")
+        if m.region is not None:
+            REGION_KINDS.get(m.region)
+        unknown = sorted(set(m.losses) - set(LOSS_TERMS))
+        if unknown:
+            raise ConfigError(f"{where}.losses: unknown term(s) {unknown}; terms are {list(LOSS_TERMS)}")
+        if any(w < 0 for w in m.losses.values()):
+            raise ConfigError(f"{where}.losses: weights must be >= 0, got {m.losses}")
+        if m.losses.get("reg", 0) > 0 and m.region is None:
+            raise ConfigError(f"{where}.losses.reg > 0 needs a region kind (region: null has nothing to regress)")
+        if (m.losses.get("llm", 0) > 0 or m.lora) and not cfg.llm.path:
+            raise ConfigError("model.llm.path is not set")
+        family = LLMFamily(cfg.llm.family)
+        if family is LLMFamily.opt and m.prefix:
+            raise ConfigError(f"{where}.prefix is for llm.family t5; OPT takes `prompt`")
+        if family is LLMFamily.t5 and m.prompt:
+            raise ConfigError(f"{where}.prompt is for llm.family opt; FlanT5 takes `prefix`")
+
+
+def _check_qformers(cfg: RegionBLIPConfig) -> None:
+    for key, entry in cfg.qformers.items():
+        if not entry.config.tokenizer_path:
+            raise ConfigError(f"model.qformers.{key}.config.tokenizer_path is not set (a BERT tokenizer directory)")
+
+
+def _check_widths(cfg: RegionBLIPConfig) -> None:
+    """All Q-Formers an encoder feeds must share one width, so one adapter per encoder suffices."""
+    widths: dict[str, set[int]] = {}
+    for m in cfg.modalities.values():
+        widths.setdefault(m.encoder, set()).add(cfg.qformers[m.qformer].config.encoder_width)
+    for encoder, found in widths.items():
+        if len(found) > 1:
+            raise ConfigError(f"model.encoders.{encoder} feeds Q-Formers of different encoder_width {sorted(found)}")
+    if cfg.blip2_checkpoint_path is None:
+        blip2_users = [k for k, e in {**cfg.encoders, **cfg.qformers}.items() if e.init_from_blip2]
+        blip2_users += [k for k, m in cfg.modalities.items() if m.init_from_blip2]
+        if blip2_users:
+            raise ConfigError(f"init_from_blip2 is set for {blip2_users} but model.blip2_checkpoint_path is not set")
+
+
+def encoder_configs(cfg: RegionBLIPConfig) -> dict[str, Any]:
+    """Each encoder's typed Config, validated against its registered class (fails naming the YAML block)."""
+    return {
+        key: config_from_dict(ENCODERS.get(entry.name).Config, entry.params, f"model.encoders.{key}.params")
+        for key, entry in cfg.encoders.items()
+    }
+
+
+def validate(cfg: RegionBLIPConfig) -> dict[str, Any]:
+    """Every cross-reference and nested block; returns the encoder configs. Runs before any weight is read."""
+    _check_refs(cfg)
+    _check_qformers(cfg)
+    _check_widths(cfg)
+    if cfg.num_query_tokens <= 0:
+        raise ConfigError("model.num_query_tokens must be positive")
+    return encoder_configs(cfg)

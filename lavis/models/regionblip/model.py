@@ -1,0 +1,302 @@
+"""RegionBLIP: frozen encoders -> per-modality queries (+ PaFE) -> Q-Former with the modality's LoRA -> losses and
+the frozen LLM with the modality's LoRA. Every modality is a `modalities` entry of the config; no name is code."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lavis.common.checkpoint_io import load_into, read_state_dict
+from lavis.common.config_schema import ConfigError
+from lavis.common.registry import ENCODERS, MODELS
+from lavis.models import lora
+from lavis.models.base import BaseModel, ModelOutput
+from lavis.models.llm import LLMFamily, build_llm
+from lavis.models.qformer import QFormer, build_qformer_tokenizer
+from lavis.models.regionblip import losses as L
+from lavis.models.regionblip.config import RegionBLIPConfig, validate
+from lavis.models.regionblip.heads import ModalityHeads
+from lavis.models.regionblip.region import region_dim
+from lavis.models.regionblip.text import RegionTextTokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class QueryFeatures:
+    """Steps 1-3 of a forward, for one single-modality batch."""
+
+    encoder_tokens: Tensor  # [B, N, encoder_width] encoder output (after the width adapter)
+    encoder_mask: Tensor  # [B, N]
+    query_embeds: Tensor  # [B, Q, H] learnable queries (+ PaFE position embedding)
+    query_outputs: Tensor  # [B, Q, H] Q-Former outputs at the query positions
+
+
+@MODELS.register("regionblip")
+class RegionBLIP(BaseModel):
+    Config = RegionBLIPConfig
+    DEFAULT_CONFIGS = {
+        "opt2.7b": "models/regionblip_opt2.7b.yaml",
+        "opt6.7b": "models/regionblip_opt6.7b.yaml",
+        "flant5xl": "models/regionblip_flant5xl.yaml",
+        "flant5xxl": "models/regionblip_flant5xxl.yaml",
+        "tiny": "models/regionblip_tiny.yaml",
+    }
+
+    def __init__(self, cfg: RegionBLIPConfig, encoder_cfgs: dict[str, Any], blip2_state: Optional[dict] = None):
+        """Builds every part, loads the weights the config names, then adds LoRA and freezes (in that order: LoRA
+        wraps the Linears, so BLIP-2's tensors are loaded into the plain Q-Former first)."""
+        super().__init__()
+        self.cfg = cfg
+        lora_names = [name for name, m in cfg.modalities.items() if m.lora]
+
+        # frozen encoders, and a trainable adapter where an encoder's width differs from its Q-Former's
+        self.encoders = nn.ModuleDict(
+            {key: ENCODERS.get(entry.name).from_config(encoder_cfgs[key]) for key, entry in cfg.encoders.items()}
+        )
+        self.qformers = nn.ModuleDict({key: QFormer.from_config(e.config) for key, e in cfg.qformers.items()})
+        self.encoder_adapters = nn.ModuleDict()
+        for m in cfg.modalities.values():
+            width = cfg.qformers[m.qformer].config.encoder_width
+            features = self.encoders[m.encoder].num_features
+            if features != width and m.encoder not in self.encoder_adapters:
+                self.encoder_adapters[m.encoder] = nn.Linear(features, width)
+
+        self.llm = build_llm(cfg.llm, lora_names, cfg.lora.llm)
+        self.heads = nn.ModuleDict({name: self._build_heads(name) for name in cfg.modalities})
+
+        self.blip2_report: dict[str, list[str]] = {}
+        if blip2_state is not None:
+            self.blip2_report = self.load_blip2_state(blip2_state, where=str(cfg.blip2_checkpoint_path))
+        self._add_qformer_adapters()
+        self._freeze()
+
+        qformer_tokenizers = {key: build_qformer_tokenizer(e.config.tokenizer_path) for key, e in cfg.qformers.items()}
+        for key, tok in qformer_tokenizers.items():
+            if len(tok) > cfg.qformers[key].config.vocab_size:
+                raise ConfigError(
+                    f"model.qformers.{key}: tokenizer has {len(tok)} tokens > config.vocab_size "
+                    f"{cfg.qformers[key].config.vocab_size}"
+                )
+        self.decoder_bos_id = {name: qformer_tokenizers[m.qformer].bos_token_id for name, m in cfg.modalities.items()}
+        self.text_tokenizer = RegionTextTokenizer(
+            {name: qformer_tokenizers[m.qformer] for name, m in cfg.modalities.items()},
+            self.llm.tokenizer.__class__.from_pretrained(cfg.llm.path, local_files_only=True),
+            cfg.llm.family,
+            cfg.max_text_len,
+        )
+        # the fixed per-modality LLM prompt (OPT) or prefix (T5), tokenized once
+        self.prompt_ids = {name: self._prompt_ids(m.prompt or m.prefix) for name, m in cfg.modalities.items()}
+
+    @classmethod
+    def from_config(cls, cfg: RegionBLIPConfig) -> RegionBLIP:
+        encoder_cfgs = validate(cfg)  # every nested block, before any weight is read
+        blip2_state = read_state_dict(cfg.blip2_checkpoint_path) if cfg.blip2_checkpoint_path else None
+        return cls(cfg, encoder_cfgs, blip2_state)
+
+    # ---- construction --------------------------------------------------------------------------------------------
+    def _build_heads(self, name: str) -> ModalityHeads:
+        m = self.cfg.modalities[name]
+        return ModalityHeads(
+            num_queries=self.cfg.num_query_tokens,
+            width=self.cfg.qformers[m.qformer].config.hidden_size,
+            llm_width=self.llm.hidden_size,
+            embed_dim=self.cfg.embed_dim,
+            region_dim=region_dim(m.region) if m.region else None,
+            pafe_hidden=self.cfg.pafe_hidden,
+            losses=m.losses,
+        )
+
+    def _prompt_ids(self, text: str) -> Tensor:
+        # OPT's tokenizer prepends </s>; T5's appends it: the layouts of lavis.models.llm
+        return self.llm.tokenizer(text, return_tensors="pt").input_ids
+
+    def _add_qformer_adapters(self) -> None:
+        for key, entry in self.cfg.qformers.items():
+            names = [n for n, m in self.cfg.modalities.items() if m.qformer == key and m.lora]
+            if names:
+                lora.add_lora_adapters(
+                    self.qformers[key], names, self.cfg.lora.qformer, where=f"qformers.{key}", freeze_base=entry.frozen
+                )
+            elif entry.frozen:
+                self.qformers[key].requires_grad_(False)
+
+    def _blip2_image_paths(self) -> list[str]:
+        """Modalities that are BLIP-2's own image path: initialised from BLIP-2 and without a region."""
+        return [n for n, m in self.cfg.modalities.items() if m.init_from_blip2 and m.region is None]
+
+    def _freeze(self) -> None:
+        self.encoders.requires_grad_(False)
+        if self.cfg.freeze_blip2_pretrain:
+            for name in self._blip2_image_paths():
+                self.heads[name].queries.requires_grad_(False)
+                self.heads[name].llm_proj.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> RegionBLIP:
+        """Frozen encoders and frozen Q-Formers stay in eval mode (no dropout), as in BLIP-2."""
+        super().train(mode)
+        self.encoders.eval()
+        for key, entry in self.cfg.qformers.items():
+            if entry.frozen:
+                self.qformers[key].eval()
+        return self
+
+    # ---- BLIP-2 weights -------------------------------------------------------------------------------------------
+    def load_blip2_state(self, state: dict[str, Tensor], where: str) -> dict[str, list[str]]:
+        """Load a LAVIS BLIP-2 state dict into the parts marked `init_from_blip2`; returns the missing keys by part.
+        A shape mismatch is an error naming the key."""
+        report: dict[str, list[str]] = {}
+        for key, entry in self.cfg.encoders.items():
+            if entry.init_from_blip2:
+                report[f"encoders.{key}"] = self.encoders[key].load_pretrained(state, f"{where} -> encoders.{key}")[0]
+        for key, entry in self.cfg.qformers.items():
+            if entry.init_from_blip2:
+                missing, _ = self.qformers[key].load_lavis_state_dict(state, where=f"{where} -> qformers.{key}")
+                report[f"qformers.{key}"] = missing
+        llm_proj = "opt_proj" if LLMFamily(self.cfg.llm.family) is LLMFamily.opt else "t5_proj"
+        renames = {"query_tokens": "queries", f"{llm_proj}.": "llm_proj.", "vision_proj.": "vision_proj.",
+                   "text_proj.": "text_proj.", "itm_head.": "itm_head.", "temp": "temp"}
+        for name, m in self.cfg.modalities.items():
+            if not m.init_from_blip2:
+                continue
+            own = dict(self.heads[name].state_dict())
+            mapped = {}
+            for src, dst in renames.items():
+                for k, v in state.items():
+                    if k == src or (src.endswith(".") and k.startswith(src)):
+                        target = dst + k[len(src):]
+                        if target in own:
+                            mapped[target] = v.reshape(own[target].shape) if k == "temp" else v
+            missing, _ = load_into(self.heads[name], mapped, f"{where} -> heads.{name}")
+            report[f"heads.{name}"] = sorted(set(missing) & {"queries", "llm_proj.weight", "llm_proj.bias"})
+        return report
+
+    # ---- forward ------------------------------------------------------------------------------------------------
+    def loss_weights(self, modality: str) -> dict[str, float]:
+        return {term: w for term, w in self.cfg.modalities[modality].losses.items() if w > 0}
+
+    def _adapter_scope(self, modality: str) -> contextlib.ExitStack:
+        """Only `modality`'s LoRA adapter (or none, for a modality without LoRA) is active inside the scope."""
+        m = self.cfg.modalities[modality]
+        adapter = modality if m.lora else None
+        stack = contextlib.ExitStack()
+        stack.enter_context(lora.active_adapter(self.qformers[m.qformer], adapter))
+        stack.enter_context(lora.active_adapter(self.llm.model, adapter))
+        return stack
+
+    def extract(self, batch: dict[str, Any]) -> QueryFeatures:
+        """Steps 1-3; call inside `_adapter_scope(batch["modality"])`."""
+        name = batch["modality"]
+        m = self.cfg.modalities[name]
+        # step 1: encode (frozen), then adapt the width to the Q-Former's cross-attention
+        with torch.no_grad():
+            tokens = self.encoders[m.encoder](batch[self.cfg.encoders[m.encoder].input_key])
+        if m.encoder in self.encoder_adapters:
+            tokens = self.encoder_adapters[m.encoder](tokens)
+        mask = torch.ones(tokens.shape[:2], dtype=torch.long, device=tokens.device)
+        # step 2: the modality's queries, plus PaFE's embedding of the region
+        geometry = batch["region_geometry"] if m.region else None
+        queries = self.heads[name].query_embeds(tokens.shape[0], geometry)
+        # step 3: the Q-Former with the modality's LoRA
+        hidden = self.qformers[m.qformer](
+            query_embeds=queries, encoder_hidden_states=tokens, encoder_attention_mask=mask
+        )
+        return QueryFeatures(tokens, mask, queries, hidden)
+
+    def forward(self, batch: dict[str, Any]) -> ModelOutput:
+        name = batch["modality"]
+        on = self.loss_weights(name)
+        heads = self.heads[name]
+        heads.clamp_temperature()
+        with self._adapter_scope(name):
+            feats = self.extract(batch)
+            # step 4: the enabled loss terms
+            losses: dict[str, Tensor] = {}
+            if "itc" in on or "itm" in on:
+                itc, sims = self._contrastive(name, feats, batch)
+                if "itc" in on:
+                    losses["itc"] = itc
+                if "itm" in on:
+                    losses["itm"] = self._matching(name, feats, batch, sims)
+            if "itg" in on:
+                losses["itg"] = self._captioning(name, feats, batch)
+            if "llm" in on:
+                soft_prompt = heads.llm_proj(feats.query_outputs)
+                losses["llm"] = self.llm.loss(
+                    soft_prompt, self.prompt_ids[name], batch["llm_target_ids"], batch["llm_target_mask"]
+                )
+            if "reg" in on:
+                prediction = heads.reg_head(feats.query_outputs.mean(dim=1))
+                losses["reg"] = L.regression_loss(prediction, batch["region_geometry"])
+        return ModelOutput(losses=losses, extras={"query_outputs": feats.query_outputs.detach()})
+
+    def _contrastive(self, name: str, feats: QueryFeatures, batch: dict[str, Any]) -> tuple[Tensor, tuple]:
+        heads, qformer = self.heads[name], self.qformers[self.cfg.modalities[name].qformer]
+        query_feats = F.normalize(heads.vision_proj(feats.query_outputs), dim=-1)
+        text_hidden = qformer(input_ids=batch["qformer_text_ids"], attention_mask=batch["qformer_text_mask"])
+        text_feat = F.normalize(heads.text_proj(text_hidden[:, 0]), dim=-1)
+        loss, sim_i2t, sim_t2i, targets = L.contrastive_loss(
+            query_feats, text_feat, heads.temp, self.cfg.itc_label_smoothing
+        )
+        return loss, (sim_i2t, sim_t2i, targets)
+
+    def _matching(self, name: str, feats: QueryFeatures, batch: dict[str, Any], sims: tuple) -> Tensor:
+        """ITM on (positive, negative sample for each text, negative text for each sample); negatives are drawn
+        from the gathered batch by ITC similarity."""
+        sim_i2t, sim_t2i, targets = sims
+        qformer = self.qformers[self.cfg.modalities[name].qformer]
+        ids, mask = batch["qformer_text_ids"], batch["qformer_text_mask"]
+        if L._world() > 1:  # texts are padded per rank: pad to the common maximum before gathering
+            pad = self.cfg.max_text_len - ids.shape[1]
+            ids, mask = F.pad(ids, (0, pad)), F.pad(mask, (0, pad))
+        negative_sample = L.sample_hard_negatives(sim_t2i, targets)
+        negative_text = L.sample_hard_negatives(sim_i2t, targets)
+        tokens_all, _ = L.gather_batch(feats.encoder_tokens)
+        queries_all, _ = L.gather_batch(feats.query_embeds)
+        ids_all, _ = L.gather_batch(ids)
+        mask_all, _ = L.gather_batch(mask)
+        hidden = qformer(
+            query_embeds=torch.cat([feats.query_embeds, queries_all[negative_sample], feats.query_embeds]),
+            input_ids=torch.cat([ids, ids, ids_all[negative_text]]),
+            attention_mask=torch.cat([mask, mask, mask_all[negative_text]]),
+            encoder_hidden_states=torch.cat([feats.encoder_tokens, tokens_all[negative_sample], feats.encoder_tokens]),
+            encoder_attention_mask=feats.encoder_mask.repeat(3, 1),
+            text_mode="bidirectional",
+        )
+        logits = self.heads[name].itm_head(hidden[:, : feats.query_embeds.shape[1]]).mean(dim=1)
+        return L.matching_loss(logits, ids.shape[0])
+
+    def _captioning(self, name: str, feats: QueryFeatures, batch: dict[str, Any]) -> Tensor:
+        """ITG: the Q-Former decodes the caption ([DEC] first) attending to the queries (which see the encoder)."""
+        qformer = self.qformers[self.cfg.modalities[name].qformer]
+        decoder_ids = batch["qformer_text_ids"].clone()
+        decoder_ids[:, 0] = self.decoder_bos_id[name]
+        hidden = qformer(
+            query_embeds=feats.query_embeds,
+            input_ids=decoder_ids,
+            attention_mask=batch["qformer_text_mask"],
+            encoder_hidden_states=feats.encoder_tokens,
+            encoder_attention_mask=feats.encoder_mask,
+            text_mode="causal",
+        )
+        logits = qformer.lm_logits(hidden[:, feats.query_embeds.shape[1]:])
+        return L.caption_loss(logits, decoder_ids, batch["qformer_text_mask"])
+
+    # ---- generation ---------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, batch: dict[str, Any], **overrides: Any) -> list[str]:
+        """Captions for a single-modality batch: steps 1-3, then the LLM's beam search. `overrides` are fields of
+        `generation` (num_beams, max_new_tokens, min_new_tokens, repetition_penalty, length_penalty)."""
+        gen = dataclasses.replace(self.cfg.generation, **overrides)
+        name = batch["modality"]
+        with self._adapter_scope(name):
+            feats = self.extract(batch)
+            soft_prompt = self.heads[name].llm_proj(feats.query_outputs)
+            return self.llm.generate(soft_prompt, self.prompt_ids[name], gen)

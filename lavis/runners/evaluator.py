@@ -1,0 +1,82 @@
+"""Evaluation: generate for every dataset that has an `eval_split`, gather from all ranks, score on rank 0.
+
+Writes, per dataset, `{name}_{split}_captions.json` (COCO results format) and `{name}_{split}_metrics.json`
+under run.output_dir, and prints a metrics table.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from typing import Any
+
+from tqdm import tqdm
+
+from lavis.common import dist as dist_utils
+from lavis.common.caption_metrics import format_table
+from lavis.common.config import ResolvedConfig
+from lavis.common.registry import TASKS
+from lavis.datasets.loaders import build_eval_loader, move_to
+from lavis.runners.setup import autocast, autocast_dtype, set_up_run
+
+log = logging.getLogger("lavis.evaluator")
+
+
+class Evaluator:
+    def __init__(self, cfg: ResolvedConfig, cfg_path: str = "<config>"):
+        self.cfg = cfg
+        self.task = TASKS.get(cfg.run.task)()
+        if not hasattr(self.task, "eval_step"):
+            raise ValueError(f"run.task '{cfg.run.task}' has no evaluation; use a task such as 'captioning'")
+        eval_sets = [name for name, ds in cfg.datasets.items() if ds.eval_split]
+        if not eval_sets:
+            raise ValueError(f"{cfg_path}: no dataset sets eval_split; nothing to evaluate")
+        setup = set_up_run(cfg, cfg_path, config_name="eval_config.yaml")
+        self.dist, self.output_dir = setup.dist, setup.output_dir
+        self.builders, self.model = setup.builders, setup.model
+        self.amp_dtype = autocast_dtype(self.dist.device, cfg.run.amp.value)
+        self.eval_sets = eval_sets
+
+    def evaluate(self) -> dict[str, dict[str, Any]]:
+        self.model.eval()
+        return {name: self._evaluate_one(name) for name in self.eval_sets}
+
+    def _evaluate_one(self, name: str) -> dict[str, Any]:
+        ds_cfg = self.cfg.datasets[name]
+        dataset = self.builders[name].build(ds_cfg.eval_split)
+        loader = build_eval_loader(name, dataset, modality=ds_cfg.modality, batch_size=ds_cfg.batch_size,
+                                   rank=self.dist.rank, world_size=self.dist.world_size, seed=self.cfg.run.seed,
+                                   num_workers=self.cfg.run.num_workers)
+        results, skipped = [], []
+        for batch in tqdm(loader, desc=f"eval {name}", disable=not self.dist.is_main, dynamic_ncols=True):
+            skipped += [(s.sample_id, s.reason) for s in batch["skipped"]]
+            if batch["sample_ids"]:
+                with autocast(self.amp_dtype):
+                    results += self.task.eval_step(self.model, move_to(batch, self.dist.device))
+        results = [r for part in dist_utils.all_gather_objects(results) for r in part]
+        skipped = [s for part in dist_utils.all_gather_objects(skipped) for s in part]
+        report: dict[str, Any] = {"dataset": name, "split": ds_cfg.eval_split, "modality": ds_cfg.modality,
+                                  "model": self.cfg.model_arch, "model_type": self.cfg.yaml.model.model_type,
+                                  "samples": len(results), "skipped": len(skipped)}
+        if self.dist.is_main:
+            duplicated = [k for k, n in Counter(r["image_id"] for r in results).items() if n > 1]
+            if duplicated:
+                raise ValueError(f"dataset {name}: eval items share image ids {duplicated[:5]}; each eval item "
+                                 "must have its own image_id")
+            for sample_id, reason in skipped:
+                log.warning("eval %s: skipped bad sample %s: %s", name, sample_id, reason)
+            results.sort(key=lambda r: str(r["image_id"]))
+            stem = self.output_dir / f"{name}_{ds_cfg.eval_split}"
+            stem.with_name(stem.name + "_captions.json").write_text(json.dumps(results, indent=1))
+            if ds_cfg.eval_gt_file:
+                scored = self.task.score(results, ds_cfg.eval_gt_file, self.cfg.run.caption_metrics)
+                report.update(metrics=scored.metrics, missing=scored.missing)
+                log.info("%s (%s, %d samples):\n%s", name, ds_cfg.eval_split, len(results), format_table(scored))
+                for message in scored.missing:
+                    log.warning("%s", message)
+            else:
+                log.warning("datasets.%s.eval_gt_file is not set: captions written, no metrics computed", name)
+            stem.with_name(stem.name + "_metrics.json").write_text(json.dumps(report, indent=1))
+        dist_utils.barrier()
+        return report
