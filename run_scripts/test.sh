@@ -5,17 +5,9 @@
 # VENV (default .venv) and PYTHON (default python3) choose the environment.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VENV=${VENV:-.venv}
-PYTHON=${PYTHON:-python3}
-
-if [ ! -x "$VENV/bin/python" ]; then
-  echo "creating virtual environment $VENV"
-  "$PYTHON" -m venv "$VENV"
-fi
-"$VENV/bin/python" -m pip install -q --upgrade pip
-"$VENV/bin/python" -m pip install -q -e ".[test]"
+source run_scripts/_venv.sh
 
 echo "== ruff"
 "$VENV/bin/ruff" check .
 echo "== pytest"
-OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} "$VENV/bin/python" -m pytest -p no:logging "$@"
+OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} "$PY" -m pytest -p no:logging "$@"

@@ -33,12 +33,12 @@ done
 if [ $# -lt 1 ]; then echo "usage: $0 [flags] CONFIG.yaml [--options key=value ...]" >&2; exit 2; fi
 CFG=$1; shift
 if [ -z "$NPROC" ]; then
-  NPROC=$(python3 -c "import torch; print(max(torch.cuda.device_count(), 1))")
+  NPROC=$("${PYTHON:-python3}" -c "import torch; print(max(torch.cuda.device_count(), 1))")
 fi
 if [ "$RDZV_BACKEND" = static ]; then
   LAUNCH=(--nnodes="$NNODES" --node_rank="$NODE_RANK" --master_addr="$MASTER_ADDR" --master_port="$MASTER_PORT")
 else
   LAUNCH=(--nnodes="$NNODES" --rdzv_backend=c10d --rdzv_endpoint="$MASTER_ADDR:$MASTER_PORT" --rdzv_id="$RDZV_ID")
 fi
-exec python3 -m torch.distributed.run "${LAUNCH[@]}" --nproc_per_node="$NPROC" --max_restarts="$MAX_RESTARTS" \
+exec "${PYTHON:-python3}" -m torch.distributed.run "${LAUNCH[@]}" --nproc_per_node="$NPROC" --max_restarts="$MAX_RESTARTS" \
   train.py --cfg-path "$CFG" "$@"

@@ -38,3 +38,16 @@ def test_two_process_run(tmp_path):
               for t in map(json.loads, (out / f"samples_rank{r}.jsonl").read_text().splitlines())] for r in (0, 1)]
     assert plans[0] == plans[1]
     assert (out / "checkpoint_00000006.pth").is_file()  # per rank: 2 + 1 batches an epoch, 2 epochs
+
+
+def test_launch_scripts_run_two_processes(tmp_path):
+    """run_scripts/train_1node.sh and train_multinode.sh (one node, c10d rendezvous) start a working 2-rank job."""
+    env = {**os.environ, "NPROC": "2", "PYTHON": sys.executable, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    for script, extra_env in (("train_1node.sh", {}), ("train_multinode.sh", {"NNODES": "1", "MASTER_PORT": "29561"})):
+        out = tmp_path / script
+        data = toy_run_config(out, max_epoch=1)
+        cfg_path = write_yaml(tmp_path / f"{script}.yaml", data)
+        result = subprocess.run(["bash", f"run_scripts/{script}", str(cfg_path), "--options", "run.max_epoch=2"],
+                                cwd=REPO, env={**env, **extra_env}, capture_output=True, text=True, timeout=240)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert (out / "out" / "checkpoint_00000006.pth").is_file(), script  # --options reached train.py

@@ -6,7 +6,7 @@ What it writes (train / test splits, held out by construction):
   images/train2014/*.jpg, coco_karpathy_{train,val,test}.json   coloured shapes, one caption per image
   refcoco/refs(unc).p + refcoco/instances.json                     the `refer` layout: one referring sentence per
                                                                    shape ("small red circle at the top left")
-  objaverse/{uid}/{uid}_8192.npz + Cap3D_automated_Objaverse.csv   point-cloud objects (ULIP / Cap3D layout) and
+  objaverse/{uid}/{uid}.npy + Cap3D_automated_Objaverse.csv        point-cloud objects, xyz + rgb (ULIP / Cap3D) and
   objaverse/test_uids.txt                                          the held-out uids
   scanrefer/ScanRefer_filtered_{train,val}.json + scannet_data/    scenes of several objects, ScanRefer layout
   corpus.txt                                                       every caption, for building tiny tokenizers
@@ -147,8 +147,9 @@ def write_objects(root: Path, count: int, points: int, rng: np.random.Generator,
     for i in range(count):
         uid = f"obj{i:05d}"
         cloud, meta = make_object(rng, points)
+        # The ULIP layout's `.npy` variant with colour (N x 6): the captions name colours.
         (out / uid).mkdir(exist_ok=True)
-        np.savez(out / uid / f"{uid}_8192.npz", arr_0=cloud[:, :3])  # ULIP ships xyz only
+        np.save(out / uid / f"{uid}.npy", cloud)
         caption = f"a {meta['size']} {meta['color']} {meta['shape']}"
         corpus.append(caption)
         lines.append(f"{uid},{caption}")

@@ -13,9 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as `python tools/...` without installing
-
-from lavis.datasets.datasets.coco_caption import caption_ground_truth, karpathy_records  # noqa: E402
+from lavis.datasets.datasets.coco_caption import caption_ground_truth, karpathy_records
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -14,9 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as `python tools/...` without installing
-
-from lavis.datasets.datasets.refcoco import (  # noqa: E402
+from lavis.datasets.datasets.refcoco import (
     REFER_SPLITS,
     flat_records,
     refer_paths,

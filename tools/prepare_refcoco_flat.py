@@ -13,9 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as `python tools/...` without installing
-
-from lavis.datasets.datasets.refcoco import REFER_SPLITS, refer_paths, refer_records  # noqa: E402
+from lavis.datasets.datasets.refcoco import REFER_SPLITS, refer_paths, refer_records
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

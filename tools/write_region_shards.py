@@ -16,13 +16,11 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as `python tools/...` without installing
+from PIL import Image, UnidentifiedImageError
 
-from PIL import Image, UnidentifiedImageError  # noqa: E402
-
-from lavis.datasets.datasets.coco_caption import karpathy_records  # noqa: E402
-from lavis.datasets.datasets.region_shards import RegionSample, write_region_shards  # noqa: E402
-from tools.prepare_eval_refcoco import add_source_args, load_source  # noqa: E402
+from lavis.datasets.datasets.coco_caption import karpathy_records
+from lavis.datasets.datasets.region_shards import RegionSample, write_region_shards
+from tools.prepare_eval_refcoco import add_source_args, load_source
 
 
 def region_groups(args: argparse.Namespace) -> dict[str, dict]:
