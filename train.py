@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from torch.distributed.elastic.multiprocessing.errors import record
+
 import lavis  # noqa: F401  (registers the built-in models, datasets, tasks and runners)
 from lavis.common import dist as dist_utils
 from lavis.common.config import load_config
@@ -19,6 +21,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@record  # under torchrun, a failing rank's traceback heads the job's error report
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     cfg = load_config(args.cfg_path, args.options)

@@ -41,3 +41,29 @@ def write_yaml(path: Path, data: dict) -> Path:
 @pytest.fixture
 def toy_config(tmp_path):
     return toy_run_config(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory) -> Path:
+    """A small synthetic world in the real formats (tools/make_synthetic_world.py) and tiny assets (untrained
+    tokenizers and OPT) in <root>/assets, built once per session: the paths configs/demo/regionblip_tiny.yaml needs."""
+    import subprocess
+    import sys
+
+    from lavis.models.tiny_assets import write_tiny_assets
+
+    root = tmp_path_factory.mktemp("tiny_world")
+    counts = ["--images", "10", "--objects", "10", "--scenes", "5", "--object-points", "512", "--scene-points", "2048"]
+    subprocess.run([sys.executable, str(REPO / "tools" / "make_synthetic_world.py"), "--out", str(root), *counts],
+                   check=True, capture_output=True)
+    corpus = [line for line in (root / "corpus.txt").read_text().splitlines() if line.strip()]
+    write_tiny_assets(root / "assets", corpus)
+    return root
+
+
+def tiny_demo_options(world: Path) -> list[str]:
+    """--options that point configs/demo/regionblip_tiny.yaml's model paths at a `tiny_world`."""
+    assets = world / "assets"
+    return [f"model.qformers.blip2.config.tokenizer_path={assets / 'bert_tokenizer'}",
+            f"model.qformers.point.config.tokenizer_path={assets / 'bert_tokenizer'}",
+            f"model.llm.path={assets / 'opt'}"]

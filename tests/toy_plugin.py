@@ -4,9 +4,10 @@ dataset with optional augmentation noise and optional bad samples."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict
+from typing import Dict, List
 
 import torch
 from torch import nn
@@ -40,6 +41,11 @@ class ToyModelConfig:
     hidden: int = 16
     dropout: float = 0.1
     modalities: Dict[str, ToyModalityConfig] = field(default_factory=dict)
+    # Failure injection for the reliability tests:
+    nan_at_calls: List[int] = field(default_factory=list)  # forward calls (0-based) whose loss is NaN
+    fail_at_call: int = -1  # this forward call raises ...
+    fail_rank: int = -1  # ... on this rank only (-1: every rank) ...
+    fail_marker: str = ""  # ... and only while this file does not exist (it is created when failing)
 
 
 @MODELS.register("toy_multimodal")
@@ -56,6 +62,7 @@ class ToyMultimodal(BaseModel):
                                     for m in cfg.modalities})
         self.length_heads = nn.ModuleDict({m: nn.Linear(cfg.hidden, 1) for m in cfg.modalities})
         self.text_tokenizer = CharTokenizer()
+        self.calls = 0
 
     @classmethod
     def from_config(cls, cfg: ToyModelConfig) -> ToyMultimodal:
@@ -64,13 +71,25 @@ class ToyMultimodal(BaseModel):
     def loss_weights(self, modality: str) -> dict[str, float]:
         return {k: w for k, w in self.cfg.modalities[modality].losses.items() if w > 0}
 
+    def _inject_failures(self) -> float:
+        call, self.calls = self.calls, self.calls + 1
+        rank = int(os.environ.get("RANK", "0"))
+        if call == self.cfg.fail_at_call and self.cfg.fail_rank in (-1, rank):
+            marker = Path(self.cfg.fail_marker) if self.cfg.fail_marker else None
+            if marker is None or not marker.exists():
+                if marker is not None:
+                    marker.touch()
+                raise RuntimeError(f"injected failure at forward call {call} on rank {rank}")
+        return float("nan") if call in self.cfg.nan_at_calls else 0.0
+
     def forward(self, batch) -> ModelOutput:
+        poison = self._inject_failures()
         m = batch["modality"]
         features = torch.tanh(self.encoder(batch[self.cfg.modalities[m].input_key]))
         prediction = self.heads[m](features)
         length = (batch["text_ids"] > 0).sum(1).float()
         return ModelOutput(losses={
-            "reg": (prediction - batch["region_geometry"]).abs().mean(),
+            "reg": (prediction - batch["region_geometry"]).abs().mean() + poison,
             "len": ((self.length_heads[m](features).squeeze(1) - length / 10) ** 2).mean(),
         })
 

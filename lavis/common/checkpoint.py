@@ -18,6 +18,10 @@ import torch
 CKPT_PATTERN = re.compile(r"^checkpoint_(\d{8})\.pth$")
 
 
+class CheckpointWriteError(OSError):
+    pass
+
+
 def checkpoint_path(output_dir: str | Path, step: int) -> Path:
     return Path(output_dir) / f"checkpoint_{step:08d}.pth"
 
@@ -36,6 +40,12 @@ def save_atomic(state: dict[str, Any], path: str | Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:  # disk full, quota, read-only or vanished directory
+        tmp.unlink(missing_ok=True)
+        raise CheckpointWriteError(
+            f"could not write checkpoint {path} ({e.strerror or e}); the previous checkpoints in {path.parent} are "
+            "untouched. Free space or fix permissions there, then resume with run.resume_ckpt_path=auto"
+        ) from e
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

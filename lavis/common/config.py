@@ -60,11 +60,13 @@ class RunConfig:
     lr_schedule: LRScheduleConfig = field(default_factory=LRScheduleConfig)
     accum_grad_iters: int = 1
     grad_clip_norm: float = 1.0  # 0 disables clipping
+    max_nonfinite_steps_in_row: int = 5  # skipped non-finite steps in a row before the run stops with a report
     log_every_steps: int = 10
     ckpt_every_steps: int = 0  # 0: only at epoch end
     keep_ckpts: int = 3  # 0 keeps all
     resume_ckpt_path: Optional[str] = None  # a checkpoint file, or "auto" for the latest in output_dir
-    load_ckpt_path: Optional[str] = None  # trainable tensors to start from (evaluation, fine-tuning); not a resume
+    allow_config_change: bool = False  # resume although the model config differs from the checkpoint's
+    load_ckpt_path: Optional[str] = None  # trainable tensors to start from (a file, or a run dir: its latest)
     num_workers: int = 2
     max_bad_sample_fraction: float = 0.01
     bad_sample_check_after: int = 1000  # samples seen before the fraction is enforced (always at epoch end)
@@ -202,8 +204,19 @@ def _path_fields(obj: Any, prefix: str) -> list[tuple[str, str]]:
     return found
 
 
+# Fields naming pretrained weights; with `model.random_init: true` they are neither read nor required to exist.
+WEIGHT_PATH_SUFFIXES = ("checkpoint_path", "init_path")
+
+
+def is_weight_path(key: str) -> bool:
+    return key.endswith(WEIGHT_PATH_SUFFIXES)
+
+
 def check_model_paths(model_cfg: Any, cfg_path: str) -> None:
-    errors = [f"{key} = {value}" for key, value in _path_fields(model_cfg, "model") if not Path(value).exists()]
+    fields_ = _path_fields(model_cfg, "model")
+    if getattr(model_cfg, "random_init", False):
+        fields_ = [(key, value) for key, value in fields_ if not is_weight_path(key)]
+    errors = [f"{key} = {value}" for key, value in fields_ if not Path(value).exists()]
     if errors:
         raise ConfigError(
             f"{cfg_path}: path(s) that do not exist: {'; '.join(errors)}. Fix them in the YAML or with --options"

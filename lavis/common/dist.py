@@ -41,12 +41,30 @@ def init_distributed(device: str, timeout_s: int) -> DistInfo:
         dev = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
         # A finite timeout makes a rank stuck in a collective fail instead of hanging the job forever.
+        timeout = datetime.timedelta(seconds=timeout_s)
         dist.init_process_group(
             backend="nccl" if use_cuda else "gloo",
-            timeout=datetime.timedelta(seconds=timeout_s),
+            store=_store_for_this_attempt(rank, world, timeout),
+            rank=rank,
+            world_size=world,
+            timeout=timeout,
             device_id=dev if use_cuda else None,
         )
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=dev)
+
+
+def _store_for_this_attempt(rank: int, world: int, timeout: datetime.timedelta) -> dist.Store:
+    """The rendezvous store of torchrun (MASTER_ADDR:MASTER_PORT), with a key prefix per restart attempt.
+
+    After a failure, `torchrun --max-restarts` starts a new worker group that may meet the failed attempt's keys in
+    the agent's store (seen with gloo: the new ranks dialled the dead ranks' addresses); a prefix per attempt keeps
+    the attempts apart."""
+    agent_hosts_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+        is_master=rank == 0 and not agent_hosts_store, timeout=timeout,
+    )
+    return dist.PrefixStore(f"lavis/attempt{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/", store)
 
 
 def is_dist() -> bool:

@@ -51,3 +51,7 @@ class DatasetConfig:
     train_split: Optional[str] = "train"  # None: not used for training
     eval_split: Optional[str] = None  # split used by evaluate.py
     eval_gt_file: Optional[str] = None  # COCO caption-format ground truth of eval_split (tools/prepare_eval_*.py)
+    # Frozen-encoder feature cache (lavis/datasets/feature_cache.py): items carry `encoder_tokens` read from here
+    # instead of the encoder's input; fill it with tools/precompute_features.py. Needs deterministic processors.
+    feature_cache_dir: Optional[str] = None
+    feature_cache_dtype: str = "float32"  # float32 (bit-exact), float16 or bfloat16 (half the disk, rounded)

@@ -3,11 +3,17 @@
 Reproducibility contract: the order of samples depends only on (seed, epoch, dataset); the augmentation of a
 sample depends only on (seed, epoch, position), whatever the number of workers. That is what lets a resumed run
 see exactly the batches the uninterrupted run would have seen.
+
+Two kinds of training dataset. A map-style one gets the sampler here (ShardedEpochSampler): exact shuffling, an
+equal share per rank, resume by index. A streaming one (an IterableDataset, e.g. region_shards with
+`access: stream`) shards, shuffles and seeds itself and declares, by `len()`, how many items this rank yields per
+epoch (the same number on every rank) and takes `set_epoch(epoch)`; see `StreamingTrainStream`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import random
 from dataclasses import dataclass
@@ -15,7 +21,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
 from lavis.datasets.base import BadSampleError, SkippedSample
 
@@ -141,6 +147,78 @@ class TrainStream:
         return iter(self.loader)
 
 
+def _items(items: list) -> list:
+    """The loader's collate for a stream: items stay items (batches are cut in the main process)."""
+    return items
+
+
+@dataclass
+class StreamingTrainStream:
+    """A streaming dataset's loader for training, with the interface of `TrainStream`.
+
+    Loader workers yield single items; the main process cuts them into batches of `batch_size` (the last one
+    shorter), so an epoch is exactly ceil(len(dataset) / batch_size) batches on every rank, however the dataset
+    splits its items among workers. A stream cannot seek: resuming mid-epoch calls `set_epoch` and then reads and
+    drops the batches already trained on, so resume costs reading (decoding) those batches, not training them.
+    """
+
+    name: str
+    modality: str
+    loader: DataLoader
+    dataset: IterableDataset
+    batch_size: int
+    items_per_epoch: int  # this rank's, declared by len(dataset)
+    collate: Collator
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return -(-self.items_per_epoch // self.batch_size)
+
+    def start_epoch(self, epoch: int, skip_batches: int) -> Iterator[dict[str, Any]]:
+        self.dataset.set_epoch(epoch)  # before iter(): the workers receive a copy of the dataset
+        return self._batches(iter(self.loader), skip_batches)
+
+    def _batches(self, items: Iterator[Any], skip_batches: int) -> Iterator[dict[str, Any]]:
+        for index in range(self.batches_per_epoch):
+            size = min(self.batch_size, self.items_per_epoch - index * self.batch_size)
+            chunk = list(itertools.islice(items, size))
+            if len(chunk) < size:
+                raise RuntimeError(
+                    f"stream '{self.name}' ended after {index * self.batch_size + len(chunk)} items, but its len() "
+                    f"declares {self.items_per_epoch} per epoch on this rank"
+                )
+            if index >= skip_batches:
+                yield self.collate(chunk)
+
+
+def build_streaming_train_stream(
+    name: str, dataset: IterableDataset, *, modality: str, batch_size: int, repeat: int, num_workers: int,
+    text_tokenizer,
+) -> StreamingTrainStream:
+    if repeat != 1:
+        raise ValueError(f"dataset '{name}' streams (an IterableDataset): repeat must be 1, not {repeat}; the stream "
+                         "decides what one epoch reads")
+    if not callable(getattr(dataset, "set_epoch", None)):
+        raise TypeError(f"dataset '{name}' streams but has no set_epoch(epoch): its order could not change per epoch")
+    try:
+        items = len(dataset)
+    except TypeError:
+        raise TypeError(f"dataset '{name}' streams but has no len(): it must declare how many items this rank yields "
+                        "per epoch, or ranks could disagree on the number of steps") from None
+    if items == 0:
+        raise ValueError(f"dataset '{name}' is empty; check its paths and split")
+    loader = DataLoader(
+        dataset,
+        batch_size=None,
+        num_workers=num_workers,
+        collate_fn=_items,
+        # item-level prefetch: keep about two batches in flight over all workers, as batch-level loaders do
+        prefetch_factor=max(2, -(-2 * batch_size // num_workers)) if num_workers else None,
+        persistent_workers=False,  # set_epoch changes the dataset; a new iterator per epoch re-reads it
+    )
+    return StreamingTrainStream(name, modality, loader, dataset, batch_size, items, Collator(modality, text_tokenizer))
+
+
 def build_train_stream(
     name: str,
     dataset: Dataset,
@@ -154,7 +232,11 @@ def build_train_stream(
     num_workers: int,
     text_tokenizer,
     pin_memory: bool,
-) -> TrainStream:
+) -> TrainStream | StreamingTrainStream:
+    """A map-style dataset gets the epoch sampler; an IterableDataset streams (see `StreamingTrainStream`)."""
+    if isinstance(dataset, IterableDataset):
+        return build_streaming_train_stream(name, dataset, modality=modality, batch_size=batch_size, repeat=repeat,
+                                            num_workers=num_workers, text_tokenizer=text_tokenizer)
     sampler = ShardedEpochSampler(
         len(dataset), repeat=repeat, rank=rank, world_size=world_size, seed=seed, name=name, shuffle=True
     )
@@ -171,7 +253,7 @@ def build_train_stream(
     return TrainStream(name, modality, loader, sampler, batch_size)
 
 
-def epoch_plan(streams: list[TrainStream], schedule: str, seed: int, epoch: int) -> list[int]:
+def epoch_plan(streams: list[TrainStream | StreamingTrainStream], schedule: str, seed: int, epoch: int) -> list[int]:
     """The stream index of every step of one epoch; identical on every rank.
 
     sequential: each dataset's loader in full, in turn (the reference's semi-hybrid behaviour).

@@ -77,12 +77,30 @@ class LanguageModel(nn.Module):
     def _embed(self, ids: Tensor) -> Tensor:
         return self.model.get_input_embeddings()(ids)
 
-    def _inputs(self, soft_prompt: Tensor, prompt_ids: Tensor) -> tuple[Tensor, Tensor]:
-        """[soft prompt | prompt] embeddings and their all-ones attention mask."""
+    def _inputs(self, soft_prompt: Tensor, prompt_ids: Tensor,
+                prompt_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """[soft prompt | prompt] embeddings and their attention mask. prompt_ids is [1, P] (one prompt for the
+        batch, mask all ones) or [B, P] with prompt_mask [B, P] (per-sample prompts, padded)."""
         batch = soft_prompt.shape[0]
         prompt = self._embed(prompt_ids.to(soft_prompt.device).expand(batch, -1))
         embeds = torch.cat([soft_prompt.to(prompt.dtype), prompt], dim=1)
-        return embeds, torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+        mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+        if prompt_mask is not None:
+            mask[:, soft_prompt.shape[1]:] = prompt_mask.to(mask)
+        return embeds, mask
+
+    def tokenize_prompts(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
+        """Per-sample prompts -> ids and mask [B, P], laid out like the fixed prompt (OPT: </s> first, T5: </s>
+        last). OPT pads on the left, so every prompt ends right where generation starts (the padding sits between
+        the soft prompt and the text, masked; OPT's positions follow the mask); T5's encoder is padded on the right."""
+        rows = [self.tokenizer(text).input_ids for text in prompts]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            span = slice(width - len(row), width) if self.family is LLMFamily.opt else slice(0, len(row))
+            ids[i, span], mask[i, span] = torch.tensor(row), 1
+        return ids, mask
 
     def loss(self, soft_prompt: Tensor, prompt_ids: Tensor, target_ids: Tensor, target_mask: Tensor) -> Tensor:
         """Mean next-token cross-entropy over the target tokens.
@@ -105,9 +123,10 @@ class LanguageModel(nn.Module):
         return out.loss
 
     @torch.no_grad()
-    def generate(self, soft_prompt: Tensor, prompt_ids: Tensor, gen: GenerationConfig) -> list[str]:
+    def generate(self, soft_prompt: Tensor, prompt_ids: Tensor, gen: GenerationConfig,
+                 prompt_mask: Tensor | None = None) -> list[str]:
         """Beam search from the soft prompt (+ prompt / prefix); returns the decoded, stripped texts."""
-        embeds, mask = self._inputs(soft_prompt, prompt_ids)
+        embeds, mask = self._inputs(soft_prompt, prompt_ids, prompt_mask)
         out = self.model.generate(
             inputs_embeds=embeds,
             attention_mask=mask,
@@ -123,14 +142,24 @@ class LanguageModel(nn.Module):
         return [text.strip() for text in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
 
 
-def build_llm(cfg: LLMConfig, adapter_names: list[str], lora_settings: lora.LoraSettings) -> LanguageModel:
-    """Load the frozen LLM and its tokenizer from `cfg.path` (no network) and add one LoRA adapter per name."""
-    from transformers import AutoModelForCausalLM, T5ForConditionalGeneration
+def build_llm(cfg: LLMConfig, adapter_names: list[str], lora_settings: lora.LoraSettings, *,
+              random_init: bool = False) -> LanguageModel:
+    """Load the frozen LLM and its tokenizer from `cfg.path` (no network) and add one LoRA adapter per name.
+    `random_init`: build the architecture of `cfg.path`'s config.json with random weights (no weight file needed)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, T5ForConditionalGeneration
 
     family = LLMFamily(cfg.family)
-    model_cls = AutoModelForCausalLM if family is LLMFamily.opt else T5ForConditionalGeneration
     dtype = getattr(torch, LLMDtype(cfg.dtype).value)
-    model = model_cls.from_pretrained(cfg.path, dtype=dtype, local_files_only=True)
+    if random_init:
+        config = AutoConfig.from_pretrained(cfg.path, local_files_only=True)
+        if family is LLMFamily.opt:
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        else:
+            model = T5ForConditionalGeneration(config).to(dtype)
+        model.eval()  # as from_pretrained leaves it
+    else:
+        model_cls = AutoModelForCausalLM if family is LLMFamily.opt else T5ForConditionalGeneration
+        model = model_cls.from_pretrained(cfg.path, dtype=dtype, local_files_only=True)
     model.requires_grad_(False)
     if adapter_names:
         lora.add_lora_adapters(model, adapter_names, lora_settings, where=f"llm ({cfg.path})")

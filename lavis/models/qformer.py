@@ -16,8 +16,10 @@ One forward serves the three BLIP-2 uses, chosen by what is passed:
 from __future__ import annotations
 
 import logging
+import re
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -45,13 +47,23 @@ class QFormerConfig:
     layer_norm_eps: float = 1e-12
     dropout: float = 0.1
     grad_checkpointing: bool = False
-    checkpoint_path: Optional[str] = None  # LAVIS BLIP-2 file; its `Qformer.*` tensors are loaded
+    bert_init_path: Optional[str] = None  # HF BERT dir (bert-base-uncased): loaded first, as LAVIS's init_Qformer
+    checkpoint_path: Optional[str] = None  # LAVIS BLIP-2 file; its `Qformer.*` tensors are loaded (over BERT's)
     tokenizer_path: Optional[str] = None  # HF bert tokenizer dir
 
 
 TEXT_MODES = ("bidirectional", "causal")
 # A LAVIS buffer (arange of positions) that carries no learned state.
 _LAVIS_IGNORED_KEYS = ("bert.embeddings.position_ids",)
+BERT_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# Tensors with one row per vocabulary entry: the Q-Former's vocabulary is BERT's plus "[DEC]".
+_VOCAB_KEYS = (
+    "bert.embeddings.word_embeddings.weight",
+    "cls.predictions.bias",
+    "cls.predictions.decoder.weight",
+    "cls.predictions.decoder.bias",
+)
+_TEXT_FFN = re.compile(r"^(bert\.encoder\.layer\.\d+\.)(intermediate|output)\.")
 
 
 class Embeddings(nn.Module):
@@ -233,10 +245,13 @@ class QFormer(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: QFormerConfig | Any) -> QFormer:
-        """Build from a `QFormerConfig` (or a mapping of its fields) and load `checkpoint_path` if set."""
+        """Build from a `QFormerConfig` (or a mapping of its fields); load `bert_init_path`, then `checkpoint_path`
+        (whose tensors replace BERT's where it has them), if set."""
         if not isinstance(cfg, QFormerConfig):
             cfg = config_from_dict(QFormerConfig, cfg, "qformer")
         model = cls(cfg)
+        if cfg.bert_init_path:
+            model.load_bert_pretrained(cfg.bert_init_path)
         if cfg.checkpoint_path:
             model.load_lavis_checkpoint(cfg.checkpoint_path)
         return model
@@ -248,6 +263,37 @@ class QFormer(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         for layer in self.bert.encoder.layer:
             layer.grad_checkpointing = enable
+
+    def load_bert_pretrained(self, path: str) -> tuple[list[str], list[str]]:
+        """Initialise from an HF BERT directory as LAVIS's `init_Qformer` does; returns (missing, unexpected).
+
+        Every BERT tensor goes to its namesake; each layer's query feed-forward (`intermediate_query`,
+        `output_query`) starts as a copy of that layer's text feed-forward; cross-attention stays random (reported
+        missing). BERT's vocabulary rows fill the first rows of the word embeddings and the LM head, the extra
+        "[DEC]" row keeps its random init (LAVIS's `resize_token_embeddings`). BERT's token-type embeddings,
+        pooler and next-sentence head have no place in the Q-Former (reported unexpected). A shape mismatch is an
+        error naming the key."""
+        where = f"Q-Former from BERT {path}"
+        if lora.adapter_names_in(self):
+            raise RuntimeError(f"{where}: load the BERT weights before adding LoRA adapters (they rename the Linears)")
+        state = bert_qformer_state(read_state_dict(bert_weight_file(path), key=None))
+        if not set(state) & set(self.state_dict()):
+            raise ValueError(f"{where}: no BERT tensor names (bert.*, cls.*, or embeddings.*, encoder.*) in the file")
+        return load_into(self, self._fit_vocabulary(state, where), where)
+
+    def _fit_vocabulary(self, state: dict[str, Tensor], where: str) -> dict[str, Tensor]:
+        own = self.state_dict()
+        fitted = dict(state)
+        for key in _VOCAB_KEYS:
+            if key not in state or key not in own or state[key].shape == own[key].shape:
+                continue
+            rows = state[key].shape[0]
+            if rows > own[key].shape[0] or state[key].shape[1:] != own[key].shape[1:]:
+                raise ValueError(f"{where}: shape mismatch for {key}: file {tuple(state[key].shape)} vs model "
+                                 f"{tuple(own[key].shape)} (vocab_size must be >= BERT's vocabulary)")
+            fitted[key] = own[key].clone()
+            fitted[key][:rows] = state[key]
+        return fitted
 
     def load_lavis_checkpoint(self, path: str) -> tuple[list[str], list[str]]:
         """Load the `Qformer.*` tensors of a LAVIS BLIP-2 file; returns (missing, unexpected) key names.
@@ -346,6 +392,41 @@ def lavis_qformer_state(state: dict[str, Tensor], prefix: str = "Qformer.") -> d
     """The Q-Former tensors of a LAVIS BLIP-2 state dict, named as in `QFormer` (prefix stripped, buffers dropped)."""
     own = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     return {k: v for k, v in own.items() if k not in _LAVIS_IGNORED_KEYS}
+
+
+def bert_weight_file(path: str | Path) -> Path:
+    """The weight file of an HF BERT directory (or `path` itself when it names a file)."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    for name in BERT_WEIGHT_FILES:
+        if (path / name).is_file():
+            return path / name
+    raise FileNotFoundError(f"{path}: no BERT weights ({' or '.join(BERT_WEIGHT_FILES)}); it should be an HF "
+                            f"bert-base-uncased directory")
+
+
+def bert_qformer_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """HF BERT tensors named as in `QFormer`: BertForMaskedLM / BertForPreTraining keys (`bert.*`, `cls.*`) or
+    BertModel keys (no prefix); old `LayerNorm.gamma/beta` names; the text feed-forward copied to the query one;
+    the tied LM decoder taken from the word embeddings and its bias when the file leaves them out."""
+    prefixed = any(k.startswith("bert.") for k in state)
+    own: dict[str, Tensor] = {}
+    for key, value in state.items():
+        if not prefixed and not key.startswith("cls."):
+            key = f"bert.{key}"
+        key = re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", key))
+        if key not in _LAVIS_IGNORED_KEYS:
+            own[key] = value
+    for key, value in list(own.items()):
+        text_ffn = _TEXT_FFN.match(key)
+        if text_ffn:
+            own[f"{text_ffn[1]}{text_ffn[2]}_query.{key[text_ffn.end():]}"] = value
+    if "bert.embeddings.word_embeddings.weight" in own:
+        own.setdefault("cls.predictions.decoder.weight", own["bert.embeddings.word_embeddings.weight"])
+    if "cls.predictions.bias" in own:
+        own.setdefault("cls.predictions.decoder.bias", own["cls.predictions.bias"])
+    return own
 
 
 def build_qformer_tokenizer(path: str):

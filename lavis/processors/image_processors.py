@@ -99,6 +99,11 @@ class BoxImageConfig:
     hflip_prob: float = 0.0  # keep 0 for referring text: "left" / "right" in the caption would become wrong
     box_tolerance: float = 1.0  # pixels a box may overshoot the image border before the sample is rejected
 
+    def random_settings(self) -> list[str]:
+        """The enabled random augmentations as 'field=value (off: neutral)'; empty: the output is deterministic."""
+        return [f"{name}={getattr(self, name)} (off: 0)" for name in ("crop_prob", "color_jitter", "hflip_prob")
+                if getattr(self, name) > 0]
+
 
 @PROCESSORS.register("box_image")
 class BoxImageProcessor:

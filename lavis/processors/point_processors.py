@@ -60,6 +60,19 @@ class PointCloudProcessorConfig:
     anisotropic: bool = True  # ... per axis (True) or one factor for all axes (False)
     rotate_z_max_deg: float = 0.0  # rotation about z drawn from uniform(-max, max); 180 = any rotation
 
+    def random_settings(self) -> list[str]:
+        """The enabled random choices as 'field=value (off: neutral)'; empty: the output is deterministic."""
+        found = []
+        if self.sampling == "random":
+            found.append("sampling=random (off: stride)")
+        if self.dropout_max_ratio > 0:
+            found.append(f"dropout_max_ratio={self.dropout_max_ratio} (off: 0)")
+        if self.scale_low != 1.0 or self.scale_high != 1.0:
+            found.append(f"scale_low/scale_high={self.scale_low}/{self.scale_high} (off: 1.0)")
+        if self.rotate_z_max_deg > 0:
+            found.append(f"rotate_z_max_deg={self.rotate_z_max_deg} (off: 0)")
+        return found
+
 
 @PROCESSORS.register("point_cloud")
 class PointCloudProcessor:

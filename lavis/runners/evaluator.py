@@ -1,7 +1,13 @@
 """Evaluation: generate for every dataset that has an `eval_split`, gather from all ranks, score on rank 0.
 
-Writes, per dataset, `{name}_{split}_captions.json` (COCO results format) and `{name}_{split}_metrics.json`
-under run.output_dir, and prints a metrics table.
+Writes, per dataset, `{name}_{split}_metrics.json` under run.output_dir and logs a metrics table; captioning also
+writes `{name}_{split}_captions.json` (COCO results format).
+
+A task evaluates with `eval_step(model, batch) -> [result dict per sample]`. It may also define
+`begin_eval(model, dataset, ds_cfg)` (every rank, once per dataset, before its first batch: e.g. class-name text
+features) and `finish_eval(results, dataset, ds_cfg, stem) -> {report fields}` (rank 0, on the results of all
+ranks: writes its own results files next to `stem` and scores them). Without `finish_eval` the results are
+captions, scored with the COCO caption metrics against `eval_gt_file`.
 """
 
 from __future__ import annotations
@@ -48,6 +54,8 @@ class Evaluator:
         loader = build_eval_loader(name, dataset, modality=ds_cfg.modality, batch_size=ds_cfg.batch_size,
                                    rank=self.dist.rank, world_size=self.dist.world_size, seed=self.cfg.run.seed,
                                    num_workers=self.cfg.run.num_workers)
+        if hasattr(self.task, "begin_eval"):
+            self.task.begin_eval(self.model, dataset, ds_cfg)
         results, skipped = [], []
         for batch in tqdm(loader, desc=f"eval {name}", disable=not self.dist.is_main, dynamic_ncols=True):
             skipped += [(s.sample_id, s.reason) for s in batch["skipped"]]
@@ -60,23 +68,29 @@ class Evaluator:
                                   "model": self.cfg.model_arch, "model_type": self.cfg.yaml.model.model_type,
                                   "samples": len(results), "skipped": len(skipped)}
         if self.dist.is_main:
-            duplicated = [k for k, n in Counter(r["image_id"] for r in results).items() if n > 1]
-            if duplicated:
-                raise ValueError(f"dataset {name}: eval items share image ids {duplicated[:5]}; each eval item "
-                                 "must have its own image_id")
             for sample_id, reason in skipped:
                 log.warning("eval %s: skipped bad sample %s: %s", name, sample_id, reason)
-            results.sort(key=lambda r: str(r["image_id"]))
             stem = self.output_dir / f"{name}_{ds_cfg.eval_split}"
-            stem.with_name(stem.name + "_captions.json").write_text(json.dumps(results, indent=1))
-            if ds_cfg.eval_gt_file:
-                scored = self.task.score(results, ds_cfg.eval_gt_file, self.cfg.run.caption_metrics)
-                report.update(metrics=scored.metrics, missing=scored.missing)
-                log.info("%s (%s, %d samples):\n%s", name, ds_cfg.eval_split, len(results), format_table(scored))
-                for message in scored.missing:
-                    log.warning("%s", message)
+            if hasattr(self.task, "finish_eval"):
+                report.update(self.task.finish_eval(results, dataset, ds_cfg, stem))
             else:
-                log.warning("datasets.%s.eval_gt_file is not set: captions written, no metrics computed", name)
+                report.update(self._finish_captions(name, ds_cfg, results, stem))
             stem.with_name(stem.name + "_metrics.json").write_text(json.dumps(report, indent=1))
         dist_utils.barrier()
         return report
+
+    def _finish_captions(self, name: str, ds_cfg, results: list[dict[str, Any]], stem) -> dict[str, Any]:
+        duplicated = [k for k, n in Counter(r["image_id"] for r in results).items() if n > 1]
+        if duplicated:
+            raise ValueError(f"dataset {name}: eval items share image ids {duplicated[:5]}; each eval item "
+                             "must have its own image_id")
+        results.sort(key=lambda r: str(r["image_id"]))
+        stem.with_name(stem.name + "_captions.json").write_text(json.dumps(results, indent=1))
+        if not ds_cfg.eval_gt_file:
+            log.warning("datasets.%s.eval_gt_file is not set: captions written, no metrics computed", name)
+            return {}
+        scored = self.task.score(results, ds_cfg.eval_gt_file, self.cfg.run.caption_metrics)
+        log.info("%s (%s, %d samples):\n%s", name, ds_cfg.eval_split, len(results), format_table(scored))
+        for message in scored.missing:
+            log.warning("%s", message)
+        return {"metrics": scored.metrics, "missing": scored.missing}

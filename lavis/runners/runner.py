@@ -34,6 +34,7 @@ from lavis.common.metric_log import MetricSink, MetricWindow, peak_memory_mb
 from lavis.common.optim import build_optimizer, set_lr
 from lavis.common.registry import LR_SCHEDULES, RUNNERS, TASKS
 from lavis.datasets.loaders import (
+    StreamingTrainStream,
     TrainStream,
     batch_size_of,
     build_train_stream,
@@ -47,6 +48,10 @@ log = logging.getLogger("lavis.runner")
 
 
 class BadDataError(RuntimeError):
+    pass
+
+
+class NonFiniteError(FloatingPointError):
     pass
 
 
@@ -66,6 +71,16 @@ def sync_gradients(params: list[torch.nn.Parameter], world_size: int) -> None:
     flat /= world_size
     for p, g in zip(active, _unflatten_dense_tensors(flat, grads)):
         p.grad = g
+
+
+def config_differences(old: Any, new: Any, prefix: str) -> list[str]:
+    """Dotted keys whose values differ between two plain config trees, as 'key: old -> new'."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new), key=str):
+            out += config_differences(old.get(key, "<absent>"), new.get(key, "<absent>"), f"{prefix}.{key}")
+        return out
+    return [] if old == new else [f"{prefix}: {old!r} -> {new!r}"]
 
 
 @RUNNERS.register("epoch_runner")
@@ -91,12 +106,13 @@ class EpochRunner:
 
         self.epoch, self.position, self.global_step = 0, 0, 0
         self.bad_samples, self.seen_samples = 0, 0
+        self.nonfinite_steps, self.nonfinite_in_row = 0, 0
         self._resume_if_asked()
         torch.manual_seed(derive_seed(run.seed, "rank", self.dist.rank, self.global_step))
         self.sink = MetricSink(self.output_dir, run.tensorboard) if self.dist.is_main else None
 
     # ---- construction helpers -------------------------------------------------------------------------------
-    def _build_streams(self, builders: dict[str, Any]) -> list[TrainStream]:
+    def _build_streams(self, builders: dict[str, Any]) -> list[TrainStream | StreamingTrainStream]:
         streams = []
         for name, builder in builders.items():
             ds_cfg = self.cfg.datasets[name]
@@ -113,7 +129,17 @@ class EpochRunner:
                      ds_cfg.modality, len(dataset), ds_cfg.repeat, streams[-1].batches_per_epoch)
         if not streams:
             raise ValueError("no dataset has a train_split; nothing to train on")
+        self._check_ranks_agree(streams)
         return streams
+
+    def _check_ranks_agree(self, streams: list[TrainStream | StreamingTrainStream]) -> None:
+        """Every rank must take the same number of steps or a collective hangs; a stream's length is declared per
+        rank, so compare before the first step rather than hang at the last."""
+        counts = {s.name: s.batches_per_epoch for s in streams}
+        per_rank = dist_utils.all_gather_objects(counts)
+        if any(c != counts for c in per_rank):
+            raise ValueError(f"ranks disagree on the batches per epoch of their datasets: {per_rank}; a streaming "
+                             "dataset must declare the same len() on every rank")
 
     def _steps_per_epoch(self) -> int:
         batches = sum(s.batches_per_epoch for s in self.streams)
@@ -129,6 +155,7 @@ class EpochRunner:
             log.info("resume_ckpt_path=auto: no checkpoint in %s yet, starting fresh", self.output_dir)
             return
         state = load_checkpoint(path)
+        self._check_same_model_config(state["config"]["model"], path)
         self.model.load_trainable_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
@@ -142,6 +169,18 @@ class EpochRunner:
             log.warning("checkpoint was written by %d ranks, this run has %d: RNG states are re-seeded",
                         len(rng), self.dist.world_size)
         log.info("resumed from %s at epoch %d, batch %d, step %d", path, self.epoch, self.position, self.global_step)
+
+    def _check_same_model_config(self, saved: dict[str, Any], path: Path) -> None:
+        changes = config_differences(saved, OmegaConf.to_container(self.cfg.yaml.model), "model")
+        if not changes:
+            return
+        listing = "; ".join(changes[:12]) + ("; ..." if len(changes) > 12 else "")
+        if not self.run.allow_config_change:
+            raise ValueError(
+                f"{path} was written with a different model config: {listing}. Resuming would mix two models; "
+                "restore the config, or pass --options run.allow_config_change=true to resume anyway"
+            )
+        log.warning("resuming %s although the model config changed (run.allow_config_change): %s", path, listing)
 
     def save_checkpoint(self) -> Path:
         rng = dist_utils.all_gather_objects(capture_rng_state())  # a collective: every rank calls this
@@ -189,20 +228,27 @@ class EpochRunner:
         metrics: dict[str, float] = {}
         bar = tqdm(total=len(plan), initial=self.position, desc=f"epoch {epoch}", disable=not self.dist.is_main,
                    dynamic_ncols=True)
+        step_sample_ids: list[str] = []
+        step_loss = torch.zeros((), device=self.device)  # summed on the device; read once per optimizer step
         for position in range(self.position, len(plan)):
             stream = self.streams[plan[position]]
             batch = next(iterators[plan[position]])
             self._account_samples(batch, epoch, position, stream)
+            step_sample_ids += [f"{stream.name}/{i}" for i in batch["sample_ids"]]
             if batch_size_of(batch) > 0:
                 with autocast(self.amp_dtype):
                     loss, report = self.task.train_step(self.model, move_to(batch, self.device))
                 self.scaler.scale(loss / accum).backward()
+                step_loss += loss.detach().float()
                 window.add(batch["modality"], report, batch_size_of(batch))
             bar.update(1)
             if (position + 1) % accum and position + 1 < len(plan):
                 continue
-            lr = self._optimizer_step()
+            lr, applied = self._optimizer_step(step_loss, step_sample_ids)
+            step_sample_ids, step_loss = [], torch.zeros((), device=self.device)
             self.position = position + 1
+            if not applied:
+                continue
             if self.global_step % self.run.log_every_steps == 0:
                 metrics = self._flush(window, lr, epoch, bar)
             if self.run.ckpt_every_steps and self.global_step % self.run.ckpt_every_steps == 0:
@@ -215,20 +261,45 @@ class EpochRunner:
         bar.close()
         return metrics
 
-    def _optimizer_step(self) -> float:
+    def _optimizer_step(self, step_loss: torch.Tensor, sample_ids: list[str]) -> tuple[float, bool]:
+        """Average, clip and apply the accumulated gradients; returns (lr, whether the step was applied)."""
         lr = self.lr_at(self.global_step, self.total_steps, self.run.lr_schedule)
         set_lr(self.optimizer, lr)
         sync_gradients(self.trainable, self.dist.world_size)
-        if self.run.grad_clip_norm > 0:
-            self.scaler.unscale_(self.optimizer)
-            with_grad = [p for p in self.trainable if p.grad is not None]
-            if with_grad:
-                torch.nn.utils.clip_grad_norm_(with_grad, self.run.grad_clip_norm)
+        self.scaler.unscale_(self.optimizer)
+        with_grad = [p for p in self.trainable if p.grad is not None]
+        max_norm = self.run.grad_clip_norm if self.run.grad_clip_norm > 0 else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(with_grad, max_norm) if with_grad else torch.zeros(())
+        # fp16's scaler skips non-finite steps itself (and lowers its scale); otherwise check the loss and the
+        # gradient norm here: one small all-reduce and one host sync per optimizer step, so all ranks decide alike.
+        if not self.scaler.is_enabled() and not self._all_finite(step_loss, norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            self._skip_nonfinite_step(sample_ids)
+            return lr, False
+        self.nonfinite_in_row = 0
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.global_step += 1
-        return lr
+        return lr, True
+
+    def _all_finite(self, step_loss: torch.Tensor, norm: torch.Tensor) -> bool:
+        bad = (~torch.isfinite(step_loss) | ~torch.isfinite(norm.to(step_loss.device))).float()
+        return dist_utils.all_reduce_sum(bad).item() == 0
+
+    def _skip_nonfinite_step(self, sample_ids: list[str]) -> None:
+        self.nonfinite_steps += 1
+        self.nonfinite_in_row += 1
+        log.warning("non-finite loss or gradient at step %d: step skipped (%d in a row, %d in all); samples: %s",
+                    self.global_step, self.nonfinite_in_row, self.nonfinite_steps, ", ".join(sample_ids[:32]))
+        if self.nonfinite_in_row >= self.run.max_nonfinite_steps_in_row:
+            path = self.save_checkpoint()
+            raise NonFiniteError(
+                f"{self.nonfinite_in_row} optimizer steps in a row had non-finite loss or gradients "
+                f"(run.max_nonfinite_steps_in_row = {self.run.max_nonfinite_steps_in_row}); the last good state is "
+                f"saved in {path}. Last samples: {', '.join(sample_ids[:32])}. Lower the LR, check those samples, or "
+                "use run.amp=fp32, then resume with run.resume_ckpt_path=auto"
+            )
 
     def _flush(self, window: MetricWindow, lr: float, epoch: int, bar: tqdm) -> dict[str, float]:
         metrics = window.flush()
@@ -245,7 +316,9 @@ class EpochRunner:
         return metrics
 
     # ---- bad samples and tracing -----------------------------------------------------------------------------
-    def _account_samples(self, batch: dict[str, Any], epoch: int, position: int, stream: TrainStream) -> None:
+    def _account_samples(
+        self, batch: dict[str, Any], epoch: int, position: int, stream: TrainStream | StreamingTrainStream
+    ) -> None:
         skipped = batch["skipped"]
         self.seen_samples += batch_size_of(batch) + len(skipped)
         if skipped:

@@ -12,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 from lavis.common import dist as dist_utils
-from lavis.common.checkpoint import load_checkpoint
+from lavis.common.checkpoint import latest_checkpoint, load_checkpoint
 from lavis.common.config import ResolvedConfig, check_dataset_paths, save_config
 from lavis.common.metric_log import setup_logging
 from lavis.common.registry import MODELS
@@ -47,6 +47,16 @@ def log_parameters(model: torch.nn.Module) -> None:
     log.info("parameters %-28s trainable %12s  frozen %14s", "TOTAL", f"{total_t:,}", f"{total_f:,}")
 
 
+def resolve_load_path(path: str) -> Path:
+    """A checkpoint file, or a training run directory: its latest checkpoint (what an eval config names)."""
+    if not Path(path).is_dir():
+        return Path(path)
+    found = latest_checkpoint(path)
+    if found is None:
+        raise FileNotFoundError(f"run.load_ckpt_path: {path} is a folder without checkpoint_*.pth files")
+    return found
+
+
 def set_up_run(cfg: ResolvedConfig, cfg_path: str, config_name: str = "config.yaml") -> RunSetup:
     run = cfg.run
     info = dist_utils.init_distributed(run.device.value, run.dist_timeout_s)
@@ -67,9 +77,13 @@ def set_up_run(cfg: ResolvedConfig, cfg_path: str, config_name: str = "config.ya
     torch.manual_seed(run.seed)
     model = MODELS.get(cfg.model_arch).from_config(cfg.model)
     if run.load_ckpt_path:
-        model.load_trainable_state_dict(load_checkpoint(run.load_ckpt_path)["model"])
-        log.info("loaded trainable tensors from %s", run.load_ckpt_path)
+        ckpt_path = resolve_load_path(run.load_ckpt_path)
+        model.load_trainable_state_dict(load_checkpoint(ckpt_path)["model"])
+        log.info("loaded trainable tensors from %s", ckpt_path)
     log_parameters(model)
+    from lavis.runners.features import attach_feature_caches  # imported here: it uses this module's autocast
+
+    builders = attach_feature_caches(cfg, builders, model, info.device)  # datasets with feature_cache_dir
     return RunSetup(dist=info, output_dir=output_dir, builders=builders, model=model.to(info.device))
 
 

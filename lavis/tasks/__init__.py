@@ -1,1 +1,2 @@
-from lavis.tasks import captioning, pretrain  # noqa: F401  (registers "pretrain" and "captioning")
+# registers "pretrain", "captioning", "zero_shot_classification" and "vqa"
+from lavis.tasks import captioning, pretrain, vqa, zero_shot  # noqa: F401

@@ -309,6 +309,8 @@ def test_registered_flavours_validate(assets):
         assert cfg.lora.qformer.rank in (4, 8) and cfg.generation.num_beams >= 1
         if flavour != "tiny":
             assert encoder_cfgs["vision"].width == 1408 and cfg.generation.min_new_tokens == 8
+            # the text side that stage-2 BLIP-2 files lack comes from bert-base-uncased, in every Q-Former
+            assert all(e.config.bert_init_path for e in cfg.qformers.values()), flavour
 
 
 def _converter():

@@ -1,1 +1,1 @@
-from lavis.datasets.builders import image_builders, point_builders  # noqa: F401  (register dataset builders)
+from lavis.datasets.builders import image_builders, point_builders, vqa_builders  # noqa: F401  (register builders)

@@ -51,6 +51,11 @@ class _ImageBuilder:
         image_cfg = self.cfg.train_image if split == self.cfg.train_split else self.cfg.eval_image
         return BoxImageProcessor(image_cfg), CaptionProcessor(self.cfg.text)
 
+    def input_processor_config(self, split: str) -> tuple[str, BoxImageConfig]:
+        """(key in this dataset's YAML block, config) of the processor that makes the encoder's input of `split`."""
+        key = "train_image" if split == self.cfg.train_split else "eval_image"
+        return key, getattr(self.cfg, key)
+
     def is_train(self, split: str) -> bool:
         return split == self.cfg.train_split
 
@@ -102,6 +107,7 @@ class RefCocoConfig(DatasetConfig):
     refer_root: Optional[str] = None  # format refer: holds <dataset>/refs(<split_by>).p and <dataset>/instances.json
     flat_files: Dict[str, str] = field(default_factory=dict)  # format flat: split -> JSON list file
     image_root: str = "???"  # COCO train2014 (refer) or the folder the flat files' `image` paths start from
+    crop_to_box: bool = False  # items are the box crop as a plain image, no region_geometry (BLIP-2 crop baseline)
     train_image: BoxImageConfig = field(default_factory=_train_image)
     eval_image: BoxImageConfig = field(default_factory=BoxImageConfig)
     text: CaptionConfig = field(default_factory=CaptionConfig)
@@ -156,7 +162,7 @@ class RefCocoBuilder(_ImageBuilder):
             source = cfg.flat_files[split]
         image_processor, text_processor = self.processors(split)
         return RefCocoDataset(records, skipped, cfg.image_root, image_processor, text_processor,
-                              per_sentence=self.is_train(split), source=source)
+                              per_sentence=self.is_train(split), source=source, crop_to_box=cfg.crop_to_box)
 
 
 # ---- region shards ---------------------------------------------------------------------------------------------

@@ -52,6 +52,11 @@ class _PointBuilder:
         chosen = self.cfg.train_processor if split == self.cfg.train_split else self.cfg.eval_processor
         return PointCloudProcessor.from_config(chosen)
 
+    def input_processor_config(self, split: str) -> tuple[str, PointCloudProcessorConfig]:
+        """(key in this dataset's YAML block, config) of the processor that makes the encoder's input of `split`."""
+        key = "train_processor" if split == self.cfg.train_split else "eval_processor"
+        return key, getattr(self.cfg, key)
+
     def _check_split(self, split: str) -> None:
         if split not in self.SPLITS:
             raise ValueError(f"{type(self).__name__}: unknown split '{split}'; this dataset has {list(self.SPLITS)}")
@@ -168,6 +173,7 @@ class ModelNet40Config(DatasetConfig):
     layout: str = "dat"  # "dat": ULIP's modelnet40_{split}_{dat_points}pts_fps.dat; "folder": {class}/{id}.txt
     dat_points: int = 8192
     shape_names_file: str = ""  # empty: {data_root}/modelnet40_shape_names.txt
+    class_prompt: str = "a point cloud of {}"  # zero_shot_classification: the class name ("_" -> " ") fills {}
     train_split: Optional[str] = None  # zero-shot: evaluation only
     eval_split: Optional[str] = "test"
     train_processor: PointCloudProcessorConfig = field(default_factory=lambda: PointCloudProcessorConfig(

@@ -12,6 +12,11 @@ Training yields one item per sentence. Evaluation yields one item per unique reg
 whose ground truth keeps all its sentences; its `image_id` is `"{image_id}_box_{x}_{y}_{w}_{h}"`, as in the
 reference's ground-truth files, so `tools/prepare_eval_refcoco.py` and this class agree on ids.
 
+With `crop_to_box`, an item is the box's crop resized as a plain image and carries no region_geometry: the input
+of the BLIP-2 baseline of the paper's Table 1 (BLIP-2 captions the cropped region with its image path). The crop
+covers the box's whole pixels (floor of x1, y1 to ceil of x2, y2); image_id stays the region id, so the same
+ground truth scores both.
+
 Problems visible in the annotations (zero-area or non-finite box, empty sentence, a ref whose annotation is missing)
 are kept in `skipped` as (sample id, reason) and logged; problems seen only when reading (missing or corrupt image,
 box outside the image, caption empty after cleaning) raise BadSampleError.
@@ -65,6 +70,12 @@ class RegionRecord:
 def region_id(image_id: ImageId, box_xywh: Any) -> str:
     """The evaluation id of a region: image id and the box truncated to integers (the reference's format)."""
     return "{}_box_{}_{}_{}_{}".format(image_id, *(int(v) for v in box_xywh))
+
+
+def box_pixel_bounds(box_xyxy: Any) -> tuple[int, int, int, int]:
+    """The whole pixels a box (x1, y1, x2, y2) touches, as PIL crop bounds: never empty for a box of positive area."""
+    x1, y1, x2, y2 = box_xyxy
+    return math.floor(x1), math.floor(y1), math.ceil(x2), math.ceil(y2)
 
 
 def refer_paths(refer_root: str | Path, dataset: str, split_by: str) -> tuple[Path, Path]:
@@ -192,11 +203,13 @@ class RefCocoDataset(Dataset):
         text_processor: CaptionProcessor,
         per_sentence: bool,
         source: str = "refcoco",
+        crop_to_box: bool = False,
     ):
         self.records = records if per_sentence else unique_regions(records)
         self.skipped = skipped
         self.image_root = Path(image_root)
         self.image_processor, self.text_processor = image_processor, text_processor
+        self.crop_to_box = crop_to_box
         log_skipped(source, skipped, len(records) + len(skipped))
 
     def __len__(self) -> int:
@@ -218,6 +231,10 @@ class RefCocoDataset(Dataset):
             )
         except (ImageReadError, ValueError) as e:
             raise BadSampleError(record.sample_id, str(e)) from None
+        if self.crop_to_box:
+            pixels, _ = self.image_processor(image.crop(box_pixel_bounds(box)))
+            return {"image": pixels, "text_input": caption, "sample_id": record.sample_id,
+                    "image_id": record.region_id}
         pixels, region = self.image_processor(image, box)
         return {
             "image": pixels,

@@ -3,9 +3,10 @@ weight is read. Modalities are entries of `modalities`; the model code never nam
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any, Dict, Optional
 
+from lavis.common.config import is_weight_path
 from lavis.common.config_schema import ConfigError, config_from_dict
 from lavis.common.registry import ENCODERS, REGION_KINDS
 from lavis.models.llm import GenerationConfig, LLMConfig, LLMFamily
@@ -63,6 +64,9 @@ class RegionBLIPConfig:
     itc_label_smoothing: float = 0.1
     freeze_blip2_pretrain: bool = True  # keep BLIP-2's image path (queries, LLM projection, heads) as loaded
     blip2_checkpoint_path: Optional[str] = None  # a LAVIS BLIP-2 file (torch.load(...)["model"])
+    # Random weights everywhere: no checkpoint is read and weight paths need not exist; the LLM is built from the
+    # config.json in llm.path (tokenizers are still read). For benchmarks and tests at any size.
+    random_init: bool = False
 
 
 def _check_refs(cfg: RegionBLIPConfig) -> None:
@@ -119,6 +123,18 @@ def encoder_configs(cfg: RegionBLIPConfig) -> dict[str, Any]:
         key: config_from_dict(ENCODERS.get(entry.name).Config, entry.params, f"model.encoders.{key}.params")
         for key, entry in cfg.encoders.items()
     }
+
+
+def without_weights(obj: Any) -> Any:
+    """A copy of a config (dataclass or mapping, recursively) with every weight path (`is_weight_path`) unset:
+    what `random_init` builds from."""
+    if is_dataclass(obj):
+        changes = {f.name: None if is_weight_path(f.name) else without_weights(getattr(obj, f.name))
+                   for f in fields(obj)}
+        return replace(obj, **changes)
+    if isinstance(obj, dict):
+        return {k: without_weights(v) for k, v in obj.items() if not is_weight_path(str(k))}
+    return obj
 
 
 def validate(cfg: RegionBLIPConfig) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from lavis.models.base import BaseModel, ModelOutput
 from lavis.models.llm import LLMFamily, build_llm
 from lavis.models.qformer import QFormer, build_qformer_tokenizer
 from lavis.models.regionblip import losses as L
-from lavis.models.regionblip.config import RegionBLIPConfig, validate
+from lavis.models.regionblip.config import RegionBLIPConfig, validate, without_weights
 from lavis.models.regionblip.heads import ModalityHeads
 from lavis.models.regionblip.region import region_dim
 from lavis.models.regionblip.text import RegionTextTokenizer
@@ -69,7 +69,7 @@ class RegionBLIP(BaseModel):
             if features != width and m.encoder not in self.encoder_adapters:
                 self.encoder_adapters[m.encoder] = nn.Linear(features, width)
 
-        self.llm = build_llm(cfg.llm, lora_names, cfg.lora.llm)
+        self.llm = build_llm(cfg.llm, lora_names, cfg.lora.llm, random_init=cfg.random_init)
         self.heads = nn.ModuleDict({name: self._build_heads(name) for name in cfg.modalities})
 
         self.blip2_report: dict[str, list[str]] = {}
@@ -98,6 +98,8 @@ class RegionBLIP(BaseModel):
     @classmethod
     def from_config(cls, cfg: RegionBLIPConfig) -> RegionBLIP:
         encoder_cfgs = validate(cfg)  # every nested block, before any weight is read
+        if cfg.random_init:  # keep init_from_blip2 flags: they decide what is frozen, as in the real run
+            cfg, encoder_cfgs = without_weights(cfg), without_weights(encoder_cfgs)
         blip2_state = read_state_dict(cfg.blip2_checkpoint_path) if cfg.blip2_checkpoint_path else None
         return cls(cfg, encoder_cfgs, blip2_state)
 
@@ -195,9 +197,13 @@ class RegionBLIP(BaseModel):
         """Steps 1-3; call inside `_adapter_scope(batch["modality"])`."""
         name = batch["modality"]
         m = self.cfg.modalities[name]
-        # step 1: encode (frozen), then adapt the width to the Q-Former's cross-attention
-        with torch.no_grad():
-            tokens = self.encoders[m.encoder](batch[self.cfg.encoders[m.encoder].input_key])
+        # step 1: encode (frozen), or take the encoder's output from the feature cache; then adapt the width to
+        # the Q-Former's cross-attention
+        if "encoder_tokens" in batch:
+            tokens = batch["encoder_tokens"]
+        else:
+            with torch.no_grad():
+                tokens = self.encoders[m.encoder](batch[self.cfg.encoders[m.encoder].input_key])
         if m.encoder in self.encoder_adapters:
             tokens = self.encoder_adapters[m.encoder](tokens)
         mask = torch.ones(tokens.shape[:2], dtype=torch.long, device=tokens.device)
@@ -289,14 +295,47 @@ class RegionBLIP(BaseModel):
         logits = qformer.lm_logits(hidden[:, feats.query_embeds.shape[1]:])
         return L.caption_loss(logits, decoder_ids, batch["qformer_text_mask"])
 
+    # ---- zero-shot features (evaluation) ------------------------------------------------------------------------
+    def _itc_heads(self, modality: str) -> ModalityHeads:
+        heads = self.heads[modality]
+        if heads.vision_proj is None:
+            raise ValueError(f"modality '{modality}' has no ITC projections (enable its itc or itm loss)")
+        return heads
+
+    @torch.no_grad()
+    def query_features(self, batch: dict[str, Any]) -> Tensor:
+        """[B, Q, E]: the normalised ITC embedding of every query output, as the ITC loss sees them."""
+        name = batch["modality"]
+        heads = self._itc_heads(name)
+        with self._adapter_scope(name):
+            return F.normalize(heads.vision_proj(self.extract(batch).query_outputs), dim=-1)
+
+    @torch.no_grad()
+    def text_features(self, texts: list[str], modality: str) -> Tensor:
+        """[T, E]: the normalised ITC embedding of each text's [CLS] (the modality's Q-Former and LoRA)."""
+        heads = self._itc_heads(modality)
+        qformer = self.qformers[self.cfg.modalities[modality].qformer]
+        device = heads.text_proj.weight.device
+        tokens = self.text_tokenizer(list(texts), modality)
+        with self._adapter_scope(modality):
+            hidden = qformer(input_ids=tokens["qformer_text_ids"].to(device),
+                             attention_mask=tokens["qformer_text_mask"].to(device))
+            return F.normalize(heads.text_proj(hidden[:, 0]), dim=-1)
+
     # ---- generation ---------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, batch: dict[str, Any], **overrides: Any) -> list[str]:
-        """Captions for a single-modality batch: steps 1-3, then the LLM's beam search. `overrides` are fields of
-        `generation` (num_beams, max_new_tokens, min_new_tokens, repetition_penalty, length_penalty)."""
+    def generate(self, batch: dict[str, Any], prompts: Optional[list[str]] = None, **overrides: Any) -> list[str]:
+        """Texts for a single-modality batch: steps 1-3, then the LLM's beam search. `prompts`: one LLM prompt
+        (OPT) or prefix (T5) per sample, e.g. a question, in place of the modality's fixed one. `overrides` are
+        fields of `generation` (num_beams, max_new_tokens, min_new_tokens, repetition_penalty, length_penalty)."""
         gen = dataclasses.replace(self.cfg.generation, **overrides)
         name = batch["modality"]
+        prompt_ids, prompt_mask = self.prompt_ids[name], None
         with self._adapter_scope(name):
             feats = self.extract(batch)
             soft_prompt = self.heads[name].llm_proj(feats.query_outputs)
-            return self.llm.generate(soft_prompt, self.prompt_ids[name], gen)
+            if prompts is not None:
+                if len(prompts) != soft_prompt.shape[0]:
+                    raise ValueError(f"{len(prompts)} prompts for a batch of {soft_prompt.shape[0]} samples")
+                prompt_ids, prompt_mask = self.llm.tokenize_prompts(list(prompts))
+            return self.llm.generate(soft_prompt, prompt_ids, gen, prompt_mask)

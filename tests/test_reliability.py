@@ -1,0 +1,144 @@
+"""Killed runs, non-finite steps, failing ranks and changed configs lose nothing and hang nothing."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from lavis.common.checkpoint import latest_checkpoint, load_checkpoint
+from lavis.runners.runner import NonFiniteError
+from tests.conftest import REPO, toy_run_config, write_yaml
+from tests.test_distributed import torchrun
+from tests.test_training import make_runner, read_log
+
+
+def test_nonfinite_step_is_skipped_counted_and_logged(tmp_path):
+    data = toy_run_config(tmp_path, max_epoch=1)
+    data["model"]["nan_at_calls"] = [2]
+    runner = make_runner(tmp_path, data)
+    before = {k: v.clone() for k, v in runner.model.trainable_state_dict().items()}
+    runner.train()
+    assert runner.nonfinite_steps == 1
+    assert runner.global_step == 5  # 6 batches, one optimizer step skipped
+    logged = (tmp_path / "out" / "train_rank0.log").read_text()
+    assert "non-finite loss or gradient at step 2: step skipped" in logged and "set_a/toy-" in logged
+    after = runner.model.trainable_state_dict()
+    assert all(torch.isfinite(v).all() for v in after.values())
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_nonfinite_steps_in_a_row_stop_with_report_and_last_good_checkpoint(tmp_path):
+    data = toy_run_config(tmp_path, max_epoch=1, max_nonfinite_steps_in_row=2)
+    data["model"]["nan_at_calls"] = [3, 4]
+    runner = make_runner(tmp_path, data)
+    expected = r"2 optimizer steps in a row .*checkpoint_00000003\.pth.*Last samples: set_b/toy-"
+    with pytest.raises(NonFiniteError, match=expected):
+        runner.train()
+    saved = load_checkpoint(tmp_path / "out" / "checkpoint_00000003.pth")
+    assert all(torch.isfinite(v).all() for v in saved["model"].values())
+    for name, value in runner.model.trainable_state_dict().items():
+        assert torch.equal(saved["model"][name], value), name  # the skipped steps changed nothing
+
+
+def test_resume_with_changed_model_config_is_refused_unless_allowed(tmp_path):
+    make_runner(tmp_path, toy_run_config(tmp_path, max_epoch=1)).train()
+    changed = toy_run_config(tmp_path, max_epoch=2, resume_ckpt_path="auto")
+    changed["model"]["dropout"] = 0.3
+    with pytest.raises(ValueError, match=r"model.dropout: 0.1 -> 0.3.*run.allow_config_change=true"):
+        make_runner(tmp_path, changed)
+    changed["run"]["allow_config_change"] = True
+    assert make_runner(tmp_path, changed).global_step == 6
+
+
+def test_failing_rank_stops_the_job_with_its_error(tmp_path):
+    data = toy_run_config(tmp_path, max_epoch=3, dist_timeout_s=60)
+    data["model"].update(fail_at_call=2, fail_rank=1)
+    cfg_path = write_yaml(tmp_path / "run.yaml", data)
+    started = time.monotonic()
+    result = torchrun(2, "train.py", "--cfg-path", str(cfg_path), timeout=180)
+    elapsed = time.monotonic() - started
+    assert result.returncode != 0
+    assert "injected failure at forward call 2 on rank 1" in result.stderr
+    assert elapsed < 120, f"the job took {elapsed:.0f} s to fail"
+
+
+def test_elastic_restart_resumes_from_latest_checkpoint(tmp_path):
+    """A rank fails once mid-run; torchrun --max-restarts restarts the group, which resumes (auto) and ends with
+    the same parameters as a run that never failed."""
+    straight_dir, failing_dir = tmp_path / "straight", tmp_path / "failing"
+    common = {"max_epoch": 2, "ckpt_every_steps": 1, "keep_ckpts": 0, "resume_ckpt_path": "auto"}
+    for directory, failure in ((straight_dir, {}), (failing_dir, {"fail_at_call": 4, "fail_rank": 1,
+                                                                     "fail_marker": str(tmp_path / "failed")})):
+        directory.mkdir()
+        data = toy_run_config(directory, **common)
+        data["model"].update(failure)
+        cfg_path = write_yaml(directory / "run.yaml", data)
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "--max-restarts=1", "train.py", "--cfg-path", str(cfg_path)]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+        result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "failed").exists()  # the failure did happen
+    straight = load_checkpoint(latest_checkpoint(straight_dir / "out"))
+    recovered = load_checkpoint(latest_checkpoint(failing_dir / "out"))
+    assert straight["position"]["global_step"] == recovered["position"]["global_step"] == 6
+    for name, value in straight["model"].items():
+        assert torch.equal(value, recovered["model"][name]), name
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_kill9_at_random_moments_then_resume_matches_uninterrupted(tmp_path, seed):
+    """SIGKILL the trainer at random moments (one kill waits for a checkpoint write in progress), resume with
+    auto each time; the final parameters equal an uninterrupted run's."""
+    rng = random.Random(seed)
+    common = {"max_epoch": 12, "ckpt_every_steps": 1, "keep_ckpts": 2, "resume_ckpt_path": "auto"}
+    reference_dir, killed_dir = tmp_path / "reference", tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+
+    def command(directory):
+        directory.mkdir(exist_ok=True)
+        cfg_path = write_yaml(directory / "run.yaml", toy_run_config(directory, **common))
+        return [sys.executable, "train.py", "--cfg-path", str(cfg_path)]
+
+    subprocess.run(command(reference_dir), cwd=REPO, env=env, check=True, capture_output=True, timeout=300)
+
+    out = killed_dir / "out"
+
+    def logged_steps() -> int:
+        log = out / "log.jsonl"
+        return len(log.read_text().splitlines()) if log.is_file() else 0
+
+    inside_save = False
+    for mode in ("during-save", "random", "random"):
+        already = logged_steps()
+        proc = subprocess.Popen(command(killed_dir), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and logged_steps() == already and time.monotonic() < deadline:
+            time.sleep(0.01)  # wait until this attempt trains (start-up takes seconds)
+        if mode == "during-save":
+            while proc.poll() is None and time.monotonic() < deadline:
+                if any(p.name.startswith(".checkpoint_") for p in out.iterdir()):
+                    inside_save = True  # a temporary checkpoint is being written right now
+                    break
+                time.sleep(0.0002)
+        else:
+            time.sleep(rng.uniform(0.0, 1.0))
+        assert proc.poll() is None, "the run finished before it could be killed; make it longer"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert inside_save
+    subprocess.run(command(killed_dir), cwd=REPO, env=env, check=True, capture_output=True, timeout=300)
+    reference = load_checkpoint(latest_checkpoint(reference_dir / "out"))
+    final = load_checkpoint(latest_checkpoint(out))
+    assert final["position"] == reference["position"]
+    for name, value in reference["model"].items():
+        assert torch.equal(value, final["model"][name]), name
+    losses = {r["step"]: r["loss"] for r in read_log(reference_dir / "out")}
+    resumed = {r["step"]: r["loss"] for r in read_log(out)}  # rows of killed attempts may repeat a step
+    assert all(resumed[step] == loss for step, loss in losses.items())
