@@ -8,7 +8,6 @@ that `tools/prepare_eval_coco.py` writes.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from typing import Union
 
 from torch.utils.data import Dataset
 
+from lavis.datasets.annotation_io import AnnotationError, parsing, read_json
 from lavis.datasets.base import BadSampleError
 from lavis.processors.image_processors import BoxImageProcessor, ImageReadError, load_rgb_image
 from lavis.processors.text_processors import CaptionProcessor
@@ -47,9 +47,14 @@ def karpathy_records(ann_file: str | Path, per_caption: bool) -> tuple[list[Capt
 
     per_caption: one record per caption (training); otherwise one record per image holding all its captions.
     """
-    entries = json.loads(Path(ann_file).read_text())
+    entries = read_json(ann_file, "a Karpathy split (a JSON list of {image, caption} entries)")
     if not isinstance(entries, list):
-        raise ValueError(f"{ann_file}: expected a JSON list of {{image, caption}} entries")
+        raise AnnotationError(f"{ann_file}: expected a JSON list of {{image, caption}} entries")
+    with parsing(ann_file, "a Karpathy split (a JSON list of {image, caption} entries)"):
+        return _karpathy_records(ann_file, entries, per_caption)
+
+
+def _karpathy_records(ann_file, entries: list, per_caption: bool):
     by_image: dict[str, list[str]] = {}
     given_ids: dict[str, ImageId] = {}
     skipped: list[tuple[str, str]] = []

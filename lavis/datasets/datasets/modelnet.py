@@ -19,13 +19,14 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from lavis.common.safe_pickle import load_pickle
+from lavis.datasets.annotation_io import read_lines
 from lavis.datasets.base import BadSampleError
 from lavis.datasets.datasets.objaverse import log_skipped
 from lavis.processors.point_processors import PointCloudError, PointCloudProcessor
 
 
 def read_shape_names(path: str | Path) -> list[str]:
-    names = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    names = read_lines(path, "one class name per line")
     if not names:
         raise ValueError(f"{path}: no class names")
     return names

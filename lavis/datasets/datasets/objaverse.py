@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from lavis.datasets.annotation_io import parsing, read_lines
 from lavis.datasets.base import BadSampleError
 from lavis.processors.point_processors import PointCloudError, PointCloudProcessor
 
@@ -33,7 +34,7 @@ def read_cap3d_captions(path: str | Path) -> tuple[dict[str, str], list[tuple[st
     """Cap3D CSV -> ({uid: caption}, skipped [(line id, reason)]); splits each line on its first comma only."""
     captions: dict[str, str] = {}
     skipped: list[tuple[str, str]] = []
-    with Path(path).open(encoding="utf-8") as f:
+    with parsing(path, "a Cap3D CSV of `uid,caption` lines"), Path(path).open(encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
             line = line.rstrip("\r\n")
             if not line.strip():
@@ -68,7 +69,7 @@ def heldout_uids(uids: Iterable[str], num_test: int, seed: int) -> set[str]:
 
 
 def read_uid_list(path: str | Path) -> list[str]:
-    return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    return read_lines(path, "one uid per line")
 
 
 def load_point_array(path: Path) -> np.ndarray:

@@ -24,7 +24,6 @@ box outside the image, caption empty after cleaning) raise BadSampleError.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -36,6 +35,7 @@ from typing import Any, Union
 from torch.utils.data import Dataset
 
 from lavis.common.safe_pickle import load_pickle
+from lavis.datasets.annotation_io import AnnotationError, parsing, read_json
 from lavis.datasets.base import BadSampleError
 from lavis.processors.image_processors import (
     BoxImageProcessor,
@@ -102,8 +102,14 @@ def refer_records(
 ) -> tuple[list[RegionRecord], list[tuple[str, str]]]:
     """One record per sentence of the refs in `split`, and the (sample id, reason) of those that cannot be used."""
     refs_file, instances_file = refer_paths(refer_root, dataset, split_by)
-    refs = load_pickle(refs_file)
-    instances = json.loads(instances_file.read_text())
+    with parsing(refs_file, "a refer pickle (a list of refs)"):
+        refs = load_pickle(refs_file)
+    instances = read_json(instances_file, "COCO instances JSON")
+    with parsing(f"{refs_file} + {instances_file}", "refer annotations"):
+        return _refer_records(refs, instances, refs_file, dataset, split)
+
+
+def _refer_records(refs, instances, refs_file, dataset, split):
     images = {img["id"]: img for img in instances["images"]}
     boxes = {ann["id"]: ann["bbox"] for ann in instances["annotations"]}
     available = sorted({str(ref["split"]) for ref in refs})
@@ -136,9 +142,14 @@ def refer_records(
 
 def flat_records(flat_file: str | Path) -> tuple[list[RegionRecord], list[tuple[str, str]]]:
     """One record per entry of a flat RegionBLIP JSON list, and the (sample id, reason) of unusable entries."""
-    entries = json.loads(Path(flat_file).read_text())
+    entries = read_json(flat_file, "a flat RegionBLIP JSON list")
     if not isinstance(entries, list):
-        raise ValueError(f"{flat_file}: expected a JSON list of {{image, bbox, caption, image_id}} entries")
+        raise AnnotationError(f"{flat_file}: expected a JSON list of {{image, bbox, caption, image_id}} entries")
+    with parsing(flat_file, "a flat RegionBLIP JSON list"):
+        return _flat_records(flat_file, entries)
+
+
+def _flat_records(flat_file, entries: list):
     records: list[RegionRecord] = []
     skipped: list[tuple[str, str]] = []
     stem = Path(flat_file).stem

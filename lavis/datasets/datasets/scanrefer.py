@@ -16,13 +16,13 @@ image_id the string "{scene_id}|{object_id}" -- the id tools/prepare_eval_scanre
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 from torch.utils.data import Dataset
 
+from lavis.datasets.annotation_io import AnnotationError, parsing, read_json
 from lavis.datasets.base import BadSampleError
 from lavis.datasets.datasets.objaverse import log_skipped
 from lavis.processors.point_processors import PointCloudError, PointCloudProcessor, box_corners, corners_to_geometry
@@ -37,9 +37,14 @@ def object_image_id(scene_id: str, object_id) -> str:
 
 def read_scanrefer(path: str | Path) -> tuple[list[dict], list[tuple[str, str]]]:
     """ScanRefer JSON -> (usable annotations, skipped [(id, reason)]): a missing key or empty description is skipped."""
-    entries = json.loads(Path(path).read_text())
+    entries = read_json(path, "ScanRefer JSON")
     if not isinstance(entries, list):
-        raise ValueError(f"{path}: expected a JSON list of annotations, got {type(entries).__name__}")
+        raise AnnotationError(f"{path}: expected a JSON list of annotations, got {type(entries).__name__}")
+    with parsing(path, "ScanRefer JSON"):
+        return _read_scanrefer(entries)
+
+
+def _read_scanrefer(entries: list):
     good, skipped = [], []
     for i, entry in enumerate(entries):
         sid = f"{entry.get('scene_id')}|{entry.get('object_id')}|{entry.get('ann_id', i)}"

@@ -11,7 +11,6 @@ and reported, like an unreadable image at reading time.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any, Optional
 
 from torch.utils.data import Dataset
 
+from lavis.datasets.annotation_io import AnnotationError, read_json
 from lavis.datasets.base import BadSampleError
 from lavis.processors.image_processors import BoxImageProcessor, ImageReadError, load_rgb_image
 
@@ -34,9 +34,9 @@ class VQARecord:
 
 
 def _read_list(path: str | Path, key: str) -> list[dict]:
-    data = json.loads(Path(path).read_text())
+    data = read_json(path, "VQAv2 JSON")
     if not isinstance(data, dict) or not isinstance(data.get(key), list):
-        raise ValueError(f"{path}: expected a JSON object with a '{key}' list (the official VQAv2 format)")
+        raise AnnotationError(f"{path}: expected a JSON object with a '{key}' list (the official VQAv2 format)")
     return data[key]
 
 
