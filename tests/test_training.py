@@ -44,14 +44,16 @@ def test_loss_falls_frozen_unchanged_trainable_changed(tmp_path):
     assert set(saved["model"]) == {n for n, p in runner.model.named_parameters() if p.requires_grad}
 
 
-@pytest.mark.parametrize("schedule,accum,cut", [("sequential", 1, 3), ("sequential", 1, 6), ("interleaved", 2, 2)])
-def test_resume_continues_exactly(tmp_path, schedule, accum, cut):
+@pytest.mark.parametrize("schedule,accum,cut,workers", [("sequential", 1, 3, 0), ("sequential", 1, 6, 0),
+                                                         ("interleaved", 2, 2, 0), ("interleaved", 1, 4, 2)])
+def test_resume_continues_exactly(tmp_path, schedule, accum, cut, workers):
     """2 epochs straight == cut off after `cut` steps (mid-epoch or at the epoch end), resumed by a new runner
     with resume_ckpt_path=auto: identical parameters, identical logged losses and LRs at every step."""
     straight_dir, resumed_dir = tmp_path / "straight", tmp_path / "resumed"
     straight_dir.mkdir()
     resumed_dir.mkdir()
-    common = {"modality_schedule": schedule, "accum_grad_iters": accum, "max_epoch": 2, "keep_ckpts": 0}
+    common = {"modality_schedule": schedule, "accum_grad_iters": accum, "max_epoch": 2, "keep_ckpts": 0,
+              "num_workers": workers}  # 2: persistent loader workers, augmentation seeded per sample
     straight = make_runner(straight_dir, toy_run_config(straight_dir, **common))
     straight.train()
 

@@ -247,8 +247,13 @@ def build_train_stream(
         num_workers=num_workers,
         collate_fn=Collator(modality, text_tokenizer),
         pin_memory=pin_memory,
-        persistent_workers=False,  # the sampler changes per epoch; a new iterator per epoch re-reads it
+        # Workers survive epochs: the sampler runs in the main process (each new iterator re-reads its epoch and
+        # offset), and augmentation is seeded per sample, so a worker's own RNG state never matters.
+        persistent_workers=num_workers > 0,
         drop_last=False,
+        # Its own generator: a new iterator draws the workers' base seed from it, not from the global RNG, whose
+        # state (dropout) must not depend on when iterators are created (a resumed run creates them mid-epoch).
+        generator=torch.Generator().manual_seed(derive_seed(seed, name, "loader")),
     )
     return TrainStream(name, modality, loader, sampler, batch_size)
 

@@ -107,8 +107,9 @@ class EpochRunner:
         self.epoch, self.position, self.global_step = 0, 0, 0
         self.bad_samples, self.seen_samples = 0, 0
         self.nonfinite_steps, self.nonfinite_in_row = 0, 0
+        # Each rank's own random stream (dropout); a resumed run continues the stream its checkpoint saved.
+        torch.manual_seed(derive_seed(run.seed, "rank", self.dist.rank))
         self._resume_if_asked()
-        torch.manual_seed(derive_seed(run.seed, "rank", self.dist.rank, self.global_step))
         self.sink = MetricSink(self.output_dir, run.tensorboard) if self.dist.is_main else None
 
     # ---- construction helpers -------------------------------------------------------------------------------

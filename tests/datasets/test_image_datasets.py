@@ -394,8 +394,10 @@ def test_shards_split_by_rank_and_worker_with_a_declared_length(tmp_path: Path, 
     assert (set(workers[0]) | set(workers[1])).isdisjoint(ranks[1])  # a rank's workers share that rank's shards
     assert stream(1, 2) == ranks[1]  # same seed and epoch: same order
     assert stream(1, 2, epoch=1) != ranks[1]
+    # a worker without a shard yields nothing; its sibling covers the rank's whole share
+    assert stream(3, 4, 1, 2) == [] and len(stream(3, 4, 0, 2)) == math.ceil(14 / 4)
     with pytest.raises(RuntimeError, match="shard"):
-        stream(3, 4, 1, 2)  # 8 readers for 7 shards: the last gets none
+        stream(7, 8)  # 8 ranks for 7 shards: the last rank has none
 
 
 def test_tools_fail_clearly_on_a_bad_input_path(tmp_path: Path, capsys):

@@ -191,6 +191,7 @@ class RegionShardMapDataset(Dataset, _RegionReader):
         index = read_index(self.index_file)
         self.image_processor, self.text_processor = image_processor, text_processor
         self.shard_files = [str(self.index_file.parent / s["file"]) for s in index["shards"]]
+        self.shard_regions = {path: int(s["regions"]) for path, s in zip(self.shard_files, index["shards"])}
         tables = [np.load(self.index_file.parent / s["offsets"]) for s in index["shards"]]
         self.shard_of_image = np.concatenate([np.full(len(t), i, dtype=np.int32) for i, t in enumerate(tables)])
         self.offsets = np.concatenate(tables) if tables else np.zeros((0, 5), dtype=np.int64)
@@ -231,6 +232,7 @@ class RegionShardDataset(IterableDataset, _RegionReader):
         self.index_file = Path(index_file)
         index = read_index(self.index_file)
         self.shard_files = [str(self.index_file.parent / s["file"]) for s in index["shards"]]
+        self.shard_regions = {path: int(s["regions"]) for path, s in zip(self.shard_files, index["shards"])}
         self.total_regions = int(index["regions"])
         self.image_processor, self.text_processor = image_processor, text_processor
         self.name, self.seed, self.shuffle, self.shuffle_buffer = name, seed, shuffle, shuffle_buffer
@@ -245,12 +247,13 @@ class RegionShardDataset(IterableDataset, _RegionReader):
 
     def __iter__(self) -> Iterator[dict | SkippedSample]:
         rank, _, worker, num_workers = wds.utils.pytorch_worker_info()
-        share = len(self) // num_workers + (worker < len(self) % num_workers)
         order = list(self.shard_files)
         if self.shuffle:
             gen = torch.Generator().manual_seed(derive_seed(self.seed, self.name, self.epoch, "shards"))
             order = [order[i] for i in torch.randperm(len(order), generator=gen).tolist()]
-        mine = list(wds.split_by_worker(wds.split_by_node(order)))
+        rank_shards = list(wds.split_by_node(order))
+        mine = rank_shards[worker::num_workers]  # as wds.split_by_worker assigns them
+        share = self._worker_share(rank_shards, worker, num_workers)
         if share and not mine:
             raise RuntimeError(
                 f"{self.index_file}: {len(order)} shard(s) cannot feed rank {rank} worker {worker} of "
@@ -261,6 +264,18 @@ class RegionShardDataset(IterableDataset, _RegionReader):
         for position in range(share):
             torch.manual_seed(derive_seed(stream_seed, position))
             yield self._item(next(regions))
+
+    def _worker_share(self, rank_shards: list[str], worker: int, num_workers: int) -> int:
+        """This worker's number of items: the rank's len(self) split in proportion to the regions each worker's
+        shards hold, so that a rank holding exactly len(self) regions yields each of them once per epoch."""
+        held = [sum(self.shard_regions[s] for s in rank_shards[w::num_workers]) for w in range(num_workers)]
+        total = sum(held)
+        if total == 0:
+            return len(self) // num_workers + (worker < len(self) % num_workers)
+        shares = [len(self) * h // total for h in held]
+        for w in sorted(range(num_workers), key=lambda w: -held[w])[: len(self) - sum(shares)]:
+            shares[w] += 1  # the remainder goes to the workers holding the most regions
+        return shares[worker]
 
     def _passes(self, shards: list[str], rng: random.Random) -> Iterator[_Region | SkippedSample]:
         """Whole shuffled passes over `shards`, repeated until the consumer stops: all regions before any repeat."""
