@@ -16,7 +16,7 @@ runner stops once more than `run.max_bad_sample_fraction` of the samples seen ar
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 
 class BadSampleError(Exception):
@@ -26,6 +26,14 @@ class BadSampleError(Exception):
         super().__init__(f"sample {sample_id}: {reason}")
         self.sample_id = str(sample_id)
         self.reason = reason
+
+
+def cleaned_caption(clean: Callable[[str], str], raw: object, sample_id: str) -> str:
+    """The caption after `clean`; one that is missing or cleans to nothing makes the sample bad (skipped, counted)."""
+    caption = clean(raw) if isinstance(raw, str) else ""
+    if not caption:
+        raise BadSampleError(sample_id, f"caption {raw!r} is empty after cleaning")
+    return caption
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from typing import Union
 from torch.utils.data import Dataset
 
 from lavis.datasets.annotation_io import AnnotationError, parsing, read_json
-from lavis.datasets.base import BadSampleError
+from lavis.datasets.base import BadSampleError, cleaned_caption
 from lavis.processors.image_processors import BoxImageProcessor, ImageReadError, load_rgb_image
 from lavis.processors.text_processors import CaptionProcessor
 
@@ -119,9 +119,7 @@ class CocoCaptionDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         record = self.records[index]
-        caption = self.text_processor(record.captions[0])
-        if not caption:
-            raise BadSampleError(record.sample_id, f"caption {record.captions[0]!r} is empty after cleaning")
+        caption = cleaned_caption(self.text_processor, record.captions[0], record.sample_id)
         try:
             image = load_rgb_image(self.image_root / record.image)
         except ImageReadError as e:

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from lavis.datasets.annotation_io import parsing, read_lines
-from lavis.datasets.base import BadSampleError
+from lavis.datasets.base import BadSampleError, cleaned_caption
 from lavis.processors.point_processors import PointCloudError, PointCloudProcessor
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,5 @@ class ObjaverseCap3D(Dataset):
             points, _ = self.processor(load_point_array(path))
         except (ValueError, PointCloudError) as e:
             raise BadSampleError(uid, f"{path.name}: {e}") from None
-        text = self.text_processor(caption)
-        if not text:
-            raise BadSampleError(uid, f"caption is empty after cleaning: {caption!r}")
+        text = cleaned_caption(self.text_processor, caption, uid)
         return {"sample_id": uid, "image_id": uid, "points": points, "text_input": text}

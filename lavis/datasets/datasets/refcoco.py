@@ -36,7 +36,7 @@ from torch.utils.data import Dataset
 
 from lavis.common.safe_pickle import load_pickle
 from lavis.datasets.annotation_io import AnnotationError, parsing, read_json
-from lavis.datasets.base import BadSampleError
+from lavis.datasets.base import BadSampleError, cleaned_caption
 from lavis.processors.image_processors import (
     BoxImageProcessor,
     ImageReadError,
@@ -202,6 +202,15 @@ def log_skipped(source: str, skipped: list[tuple[str, str]], total: int) -> None
     )
 
 
+def load_image_and_box(source, box_xywh, tolerance: float, sample_id: str):
+    """(RGB image, its x1y1x2y2 box checked against the image size); any problem makes the sample bad."""
+    try:
+        image = load_rgb_image(source)
+        return image, check_box(box_xywh_to_xyxy(box_xywh), image.width, image.height, tolerance)
+    except (ImageReadError, ValueError, TypeError) as e:
+        raise BadSampleError(sample_id, str(e)) from None
+
+
 class RefCocoDataset(Dataset):
     """Items: image, region_geometry (x1, y1, x2, y2 in [0, 1]), text_input, sample_id, image_id (the region id)."""
 
@@ -231,17 +240,9 @@ class RefCocoDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         record = self.records[index]
-        caption = self.text_processor(record.captions[0])
-        if not caption:
-            raise BadSampleError(record.sample_id, f"caption {record.captions[0]!r} is empty after cleaning")
-        try:
-            image = load_rgb_image(self.image_root / record.image)
-            box = check_box(
-                box_xywh_to_xyxy(record.box_xywh), image.width, image.height,
-                self.image_processor.cfg.box_tolerance,
-            )
-        except (ImageReadError, ValueError) as e:
-            raise BadSampleError(record.sample_id, str(e)) from None
+        caption = cleaned_caption(self.text_processor, record.captions[0], record.sample_id)
+        image, box = load_image_and_box(self.image_root / record.image, record.box_xywh,
+                                        self.image_processor.cfg.box_tolerance, record.sample_id)
         if self.crop_to_box:
             pixels, _ = self.image_processor(image.crop(box_pixel_bounds(box)))
             return {"image": pixels, "text_input": caption, "sample_id": record.sample_id,

@@ -33,15 +33,11 @@ import webdataset as wds
 from torch.utils.data import Dataset, IterableDataset
 from tqdm import tqdm
 
-from lavis.datasets.base import BadSampleError, SkippedSample
-from lavis.datasets.datasets.refcoco import region_id
+from lavis.datasets.base import BadSampleError, SkippedSample, cleaned_caption
+from lavis.datasets.datasets.refcoco import load_image_and_box, region_id
 from lavis.datasets.loaders import derive_seed
 from lavis.processors.image_processors import (
     BoxImageProcessor,
-    ImageReadError,
-    box_xywh_to_xyxy,
-    check_box,
-    load_rgb_image,
 )
 from lavis.processors.text_processors import CaptionProcessor
 
@@ -160,15 +156,9 @@ class _RegionReader:
     text_processor: CaptionProcessor
 
     def _read(self, region: _Region) -> dict:
-        caption = self.text_processor(region.caption) if isinstance(region.caption, str) else ""
-        if not caption:
-            raise BadSampleError(region.sample_id, f"caption {region.caption!r} is empty after cleaning")
-        try:
-            image = load_rgb_image(region.jpg)
-            box = check_box(box_xywh_to_xyxy(region.box_xywh), image.width, image.height,
-                            self.image_processor.cfg.box_tolerance)
-        except (ImageReadError, ValueError, TypeError) as e:
-            raise BadSampleError(region.sample_id, str(e)) from None
+        caption = cleaned_caption(self.text_processor, region.caption, region.sample_id)
+        image, box = load_image_and_box(region.jpg, region.box_xywh, self.image_processor.cfg.box_tolerance,
+                                        region.sample_id)
         pixels, geometry = self.image_processor(image, box)
         return {
             "image": pixels,
