@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lavis.models import lora
@@ -110,12 +111,15 @@ class LanguageModel(nn.Module):
         embeds, mask = self._inputs(soft_prompt, prompt_ids)
         labels = target_ids.masked_fill(target_mask == 0, IGNORE_INDEX)
         if self.family is LLMFamily.opt:
-            ignored = torch.full(mask.shape, IGNORE_INDEX, dtype=labels.dtype, device=labels.device)
+            # Logits only where a caption token is predicted (the last prompt position and the caption's own),
+            # not over the soft prompt: the vocabulary projection is the largest activation of the step.
             out = self.model(
                 inputs_embeds=torch.cat([embeds, self._embed(target_ids)], dim=1),
                 attention_mask=torch.cat([mask, target_mask], dim=1),
-                labels=torch.cat([ignored, labels], dim=1),
+                logits_to_keep=target_ids.shape[1] + 1,
             )
+            logits = out.logits[:, :-1]  # position t predicts caption token t
+            return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
         else:
             out = self.model(
                 inputs_embeds=embeds, attention_mask=mask, labels=labels, decoder_attention_mask=target_mask

@@ -369,3 +369,23 @@ def test_converter_maps_a_reference_checkpoint(assets, tmp_path):
     for name, value in model.trainable_state_dict().items():
         assert torch.equal(dict(other.named_parameters())[name], value), name
     assert len(converted) == len(model.trainable_state_dict())
+
+
+def test_opt_loss_on_caption_logits_equals_full_sequence_loss(model):
+    """The LLM loss computes logits only at caption positions; it equals transformers' own loss over the whole
+    sequence with the soft prompt and the prompt masked out of the labels."""
+    batch = make_batch(model, "image")
+    llm = model.llm
+    torch.manual_seed(0)
+    soft_prompt = torch.randn(batch["llm_target_ids"].shape[0], 3, llm.hidden_size)
+    prompt_ids = model.prompt_ids["image"]
+    with lora.active_adapter(llm.model, None):
+        ours = llm.loss(soft_prompt, prompt_ids, batch["llm_target_ids"], batch["llm_target_mask"])
+        embeds, mask = llm._inputs(soft_prompt, prompt_ids)
+        labels = batch["llm_target_ids"].masked_fill(batch["llm_target_mask"] == 0, -100)
+        reference = llm.model(
+            inputs_embeds=torch.cat([embeds, llm._embed(batch["llm_target_ids"])], dim=1),
+            attention_mask=torch.cat([mask, batch["llm_target_mask"]], dim=1),
+            labels=torch.cat([torch.full(mask.shape, -100, dtype=labels.dtype), labels], dim=1),
+        ).loss
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
