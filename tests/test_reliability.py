@@ -127,8 +127,11 @@ def test_kill9_at_random_moments_then_resume_matches_uninterrupted(tmp_path, see
                     inside_save = True  # a temporary checkpoint is being written right now
                     break
                 time.sleep(0.0002)
-        else:
-            time.sleep(rng.uniform(0.0, 1.0))
+        else:  # a random step of this attempt, then a random moment inside it
+            target = already + rng.randint(1, 8)
+            while proc.poll() is None and logged_steps() < target and time.monotonic() < deadline:
+                time.sleep(0.002)
+            time.sleep(rng.uniform(0.0, 0.05))
         assert proc.poll() is None, "the run finished before it could be killed; make it longer"
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
