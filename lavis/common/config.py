@@ -10,6 +10,7 @@ the key, and the nearest valid key.
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import importlib
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -275,3 +276,13 @@ def check_dataset_paths(cfg: ResolvedConfig, builders: dict[str, Any], cfg_path:
 
 def save_config(cfg: ResolvedConfig, path: str | Path) -> None:
     Path(path).write_text(OmegaConf.to_yaml(cfg.yaml))
+
+
+def config_from_command_line(description: str, argv: list[str] | None = None) -> tuple[ResolvedConfig, str]:
+    """`--cfg-path X [--options key=value ...]`, as train.py and evaluate.py take them: (config, its path)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--cfg-path", required=True, help="run YAML with model, datasets and run sections")
+    parser.add_argument("--options", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="overrides, e.g. run.max_epoch=2 datasets.refcoco.batch_size=8")
+    args = parser.parse_args(argv)
+    return load_config(args.cfg_path, args.options), args.cfg_path
