@@ -67,3 +67,29 @@ def tiny_demo_options(world: Path) -> list[str]:
     return [f"model.qformers.blip2.config.tokenizer_path={assets / 'bert_tokenizer'}",
             f"model.qformers.point.config.tokenizer_path={assets / 'bert_tokenizer'}",
             f"model.llm.path={assets / 'opt'}"]
+
+
+@pytest.fixture
+def refer_mostly_zero_area(tmp_path) -> Path:
+    """A RefCOCO `refer` layout (refcoco/refs(unc).p + instances.json) of 10 train refs, 6 of whose boxes have zero
+    area: indexing keeps 4 annotations and lists 6 in the dataset's `skipped`. Images are never read."""
+    import json
+    import pickle
+
+    root = tmp_path / "refer_zero_area"
+    (root / "refcoco").mkdir(parents=True)
+    (root / "images").mkdir()
+    boxes = [[4, 4, 10, 8] if i < 4 else [4, 4, 0, 8] for i in range(10)]
+    instances = {
+        "images": [{"id": 1, "file_name": "COCO_train2014_000000000001.jpg", "width": 40, "height": 30}],
+        "annotations": [{"id": 100 + i, "image_id": 1, "bbox": box, "category_id": 1} for i, box in enumerate(boxes)],
+        "categories": [{"id": 1, "name": "thing"}],
+    }
+    refs = [{"ref_id": i, "ann_id": 100 + i, "image_id": 1, "split": "train", "category_id": 1,
+             "sentences": [{"sent": f"thing {i}", "raw": f"thing {i}", "tokens": ["thing", str(i)], "sent_id": i}]}
+            for i in range(10)]
+    (root / "refcoco" / "instances.json").write_text(json.dumps(instances))
+    with (root / "refcoco" / "refs(unc).p").open("wb") as f:
+        pickle.dump(refs, f, protocol=2)
+    return root
+

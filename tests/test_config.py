@@ -66,11 +66,18 @@ def test_missing_required_key(tmp_path):
 def test_unknown_model_and_model_type(tmp_path):
     data = toy_run_config(tmp_path)
     data["model"]["arch"] = "toy_multimodel"
-    with pytest.raises(KeyError, match="Did you mean 'toy_multimodal'"):
+    with pytest.raises(ConfigError, match=r"run\.yaml: bad value for 'model\.arch'.*Did you mean 'toy_multimodal'"):
         load(tmp_path, data)
     data = toy_run_config(tmp_path)
     data["model"]["model_type"] = "bse"
     with pytest.raises(ConfigError, match="Did you mean 'base'"):
+        load(tmp_path, data)
+
+
+def test_unset_model_type_is_named_when_the_model_lacks_its_defaults(tmp_path):
+    data = toy_run_config(tmp_path)
+    del data["model"]["model_type"]  # the toy model's modalities come from its 'base' default YAML
+    with pytest.raises(ConfigError, match=r"model\.model_type is not set, so none of the default configs"):
         load(tmp_path, data)
 
 

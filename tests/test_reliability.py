@@ -1,7 +1,10 @@
 """Killed runs, non-finite steps, failing ranks and changed configs lose nothing and hang nothing."""
 
+import json
+import math
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -14,7 +17,19 @@ from lavis.common.checkpoint import latest_checkpoint, load_checkpoint
 from lavis.runners.runner import NonFiniteError
 from tests.conftest import REPO, toy_run_config, write_yaml
 from tests.test_distributed import torchrun
-from tests.test_training import make_runner, read_log
+from tests.test_training import make_runner, read_log, refer_run_config
+
+
+def poison_gradient_at(param: torch.nn.Parameter, *calls: int) -> None:
+    """The gradients reaching `param` at these (0-based) backward calls become inf: a finite loss with an
+    overflowing backward."""
+    seen = []
+
+    def hook(grad):
+        seen.append(1)
+        return torch.full_like(grad, math.inf) if len(seen) - 1 in calls else grad
+
+    param.register_hook(hook)
 
 
 def test_nonfinite_step_is_skipped_counted_and_logged(tmp_path):
@@ -30,6 +45,59 @@ def test_nonfinite_step_is_skipped_counted_and_logged(tmp_path):
     after = runner.model.trainable_state_dict()
     assert all(torch.isfinite(v).all() for v in after.values())
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("scaler", ["none", "fp16_scaler"])
+def test_inf_gradient_with_finite_loss_is_skipped_counted_and_logged(tmp_path, scaler):
+    """fp16 autocast needs CUDA, so the fp16 path is exercised with a CPU GradScaler (the same unscale_/update
+    calls): its skipped step must be counted and logged like the fp32 one, and its scale lowered."""
+    runner = make_runner(tmp_path, toy_run_config(tmp_path, max_epoch=1))
+    if scaler == "fp16_scaler":
+        runner.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    poison_gradient_at(runner.model.heads["vec_a"][1].weight, 2)  # the third set_a batch: step 2
+    runner.train()
+    assert runner.nonfinite_steps == 1 and runner.global_step == 5
+    logged = (tmp_path / "out" / "train_rank0.log").read_text()
+    if scaler == "fp16_scaler":
+        assert runner.scaler.get_scale() == 2.0**9  # the skipped step lowered the scale once
+        expected = r"fp16 gradient overflow at step 2: step skipped, loss scale lowered to 512 \(1 non-finite steps"
+    else:
+        expected = r"non-finite loss or gradient at step 2: step skipped \(1 in a row, 1 in all\)"
+    assert re.search(expected + r".*; samples: set_a/toy-", logged), logged[-2000:]
+    rows = read_log(tmp_path / "out")
+    assert all(math.isfinite(r["loss"]) for r in rows)  # the loss itself never was non-finite
+    assert [r["nonfinite_steps"] for r in rows][:2] == [0, 0] and rows[-1]["nonfinite_steps"] == 1
+    assert all(torch.isfinite(v).all() for v in runner.model.trainable_state_dict().values())
+
+
+def test_fp16_overflows_in_a_row_lower_the_scale_without_stopping(tmp_path):
+    """Three overflowing steps in a row with run.max_nonfinite_steps_in_row=2: under fp16 (a GradScaler whose
+    scale is still above 1) that is the scaler finding its scale, so the run goes on; in fp32 it stops."""
+    data = toy_run_config(tmp_path, max_epoch=1, max_nonfinite_steps_in_row=2)
+    runner = make_runner(tmp_path, data)
+    runner.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    poison_gradient_at(runner.model.heads["vec_a"][1].weight, 0, 1, 2)
+    runner.train()
+    assert (runner.nonfinite_steps, runner.global_step, runner.scaler.get_scale()) == (3, 3, 2.0**7)
+
+    fp32_dir = tmp_path / "fp32"
+    fp32_dir.mkdir()
+    runner = make_runner(fp32_dir, toy_run_config(fp32_dir, max_epoch=1, max_nonfinite_steps_in_row=2))
+    poison_gradient_at(runner.model.heads["vec_a"][1].weight, 0, 1, 2)
+    with pytest.raises(NonFiniteError, match="2 optimizer steps in a row"):
+        runner.train()
+
+
+def test_nonfinite_count_is_checkpointed_and_resumed(tmp_path):
+    common = {"max_epoch": 2, "ckpt_every_steps": 3, "keep_ckpts": 0}
+    first = make_runner(tmp_path, toy_run_config(tmp_path, **common))
+    poison_gradient_at(first.model.heads["vec_a"][1].weight, 1)
+    first.train(stop_at_step=3)
+    assert load_checkpoint(tmp_path / "out" / "checkpoint_00000003.pth")["position"]["nonfinite_steps"] == 1
+    resumed = make_runner(tmp_path, toy_run_config(tmp_path, **common, resume_ckpt_path="auto"))
+    assert (resumed.global_step, resumed.nonfinite_steps) == (3, 1)
+    resumed.train()
+    assert read_log(tmp_path / "out")[-1]["nonfinite_steps"] == 1
 
 
 def test_nonfinite_steps_in_a_row_stop_with_report_and_last_good_checkpoint(tmp_path):
@@ -63,15 +131,20 @@ def test_failing_rank_stops_the_job_with_its_error(tmp_path):
     result = torchrun(2, "train.py", "--cfg-path", str(cfg_path), timeout=180)
     elapsed = time.monotonic() - started
     assert result.returncode != 0
-    assert "injected failure at forward call 2 on rank 1" in result.stderr
+    # torchrun's summary names the first failure (rank 1's) as the root cause, not rank 0's broken collective
+    assert "Root Cause (first observed failure):" in result.stderr, result.stderr[-3000:]
+    root_cause = result.stderr.split("Root Cause (first observed failure):", 1)[1].split("=" * 20, 1)[0]
+    assert re.search(r"rank\s*:\s*1 \(local_rank: 1\)", root_cause), root_cause
+    assert "RuntimeError: injected failure at forward call 2 on rank 1" in root_cause, root_cause
     assert elapsed < 120, f"the job took {elapsed:.0f} s to fail"
 
 
 def test_elastic_restart_resumes_from_latest_checkpoint(tmp_path):
-    """A rank fails once mid-run; torchrun --max-restarts restarts the group, which resumes (auto) and ends with
-    the same parameters as a run that never failed."""
+    """A rank fails once mid-run; torchrun --max-restarts restarts the group, which resumes from the latest
+    checkpoint although run.resume_ckpt_path is not set, and ends with the same parameters as a run that never
+    failed."""
     straight_dir, failing_dir = tmp_path / "straight", tmp_path / "failing"
-    common = {"max_epoch": 2, "ckpt_every_steps": 1, "keep_ckpts": 0, "resume_ckpt_path": "auto"}
+    common = {"max_epoch": 2, "ckpt_every_steps": 1, "keep_ckpts": 0}
     for directory, failure in ((straight_dir, {}), (failing_dir, {"fail_at_call": 4, "fail_rank": 1,
                                                                      "fail_marker": str(tmp_path / "failed")})):
         directory.mkdir()
@@ -84,6 +157,8 @@ def test_elastic_restart_resumes_from_latest_checkpoint(tmp_path):
         result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "failed").exists()  # the failure did happen
+    assert "elastic restart 1 and run.resume_ckpt_path is not set: resuming as 'auto'" in \
+        (failing_dir / "out" / "train_rank0.log").read_text()
     straight = load_checkpoint(latest_checkpoint(straight_dir / "out"))
     recovered = load_checkpoint(latest_checkpoint(failing_dir / "out"))
     assert straight["position"]["global_step"] == recovered["position"]["global_step"] == 6
@@ -145,3 +220,15 @@ def test_kill9_at_random_moments_then_resume_matches_uninterrupted(tmp_path, see
     losses = {r["step"]: r["loss"] for r in read_log(reference_dir / "out")}
     resumed = {r["step"]: r["loss"] for r in read_log(out)}  # rows of killed attempts may repeat a step
     assert all(resumed[step] == loss for step, loss in losses.items())
+
+
+def test_indexing_skips_count_once_over_ranks(tmp_path, refer_mostly_zero_area):
+    """Both ranks index the same refs; the 6 dropped of 10 are counted and reported once, and both ranks stop."""
+    data = refer_run_config(tmp_path, refer_mostly_zero_area, max_bad_sample_fraction=0.1, dist_timeout_s=60)
+    cfg_path = write_yaml(tmp_path / "run.yaml", data)
+    result = torchrun(2, "train.py", "--cfg-path", str(cfg_path), timeout=180)
+    assert result.returncode != 0
+    assert "BadDataError: 6 of 10 annotations of the training splits were unusable" in result.stderr
+    rows = (tmp_path / "out" / "bad_samples_rank0.jsonl").read_text().splitlines()
+    assert len(rows) == 6 and all(json.loads(r)["stage"] == "indexing" for r in rows)
+    assert not (tmp_path / "out" / "bad_samples_rank1.jsonl").exists()

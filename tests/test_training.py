@@ -8,6 +8,7 @@ import torch
 
 from lavis.common.checkpoint import latest_checkpoint, load_checkpoint
 from lavis.common.config import load_config
+from lavis.common.config_schema import ConfigError
 from lavis.common.optim import LRScheduleConfig, linear_warmup_cosine
 from lavis.common.registry import RUNNERS
 from lavis.datasets.loaders import ShardedEpochSampler
@@ -22,6 +23,16 @@ def make_runner(tmp_path, data, options=()):
 
 def read_log(output_dir):
     return [json.loads(line) for line in (output_dir / "log.jsonl").read_text().splitlines()]
+
+
+def refer_run_config(tmp_path, refer_root, **run_overrides) -> dict:
+    """The toy model with an image_region modality, trained on a RefCOCO `refer` layout (for indexing checks)."""
+    data = toy_run_config(tmp_path, **run_overrides)
+    data["model"]["modalities"] = {"image_region": {"input_key": "image"}}
+    data["datasets"] = {"refs": {"builder": "refcoco", "modality": "image_region", "batch_size": 2,
+                                 "refer_root": str(refer_root), "image_root": str(refer_root / "images"),
+                                 "train_image": {"image_size": 32}}}
+    return data
 
 
 def test_loss_falls_frozen_unchanged_trainable_changed(tmp_path):
@@ -76,7 +87,8 @@ def test_checkpoint_holds_position_and_state(tmp_path):
     runner = make_runner(tmp_path, toy_run_config(tmp_path, max_epoch=1, ckpt_every_steps=3, keep_ckpts=0))
     runner.train()
     state = load_checkpoint(tmp_path / "out" / "checkpoint_00000003.pth")
-    assert state["position"] == {"epoch": 0, "position": 3, "global_step": 3, "bad_samples": 0, "seen_samples": 12}
+    assert state["position"] == {"epoch": 0, "position": 3, "global_step": 3, "bad_samples": 0, "seen_samples": 12,
+                                 "nonfinite_steps": 0}
     assert state["scheduler"] == {"name": "linear_warmup_cosine", "step": 3}
     assert len(state["rng"]) == 1 and state["optimizer"]["state"]
     assert state["config"]["run"]["ckpt_every_steps"] == 3
@@ -154,3 +166,71 @@ def test_sampler_shards_evenly_and_skips():
     assert sorted(i for i, _ in full) == sorted(list(range(10)) * 2)
     sampler.set_epoch(0, skip=5)
     assert list(sampler) == full[5:]
+
+
+def test_fresh_start_in_a_dir_with_checkpoints_is_refused(tmp_path):
+    """Without run.resume_ckpt_path, a second run in the same output_dir would mix with the first, and pruning
+    would delete its low-step checkpoints: refused before anything is written."""
+    make_runner(tmp_path, toy_run_config(tmp_path, max_epoch=1)).train()
+    out = tmp_path / "out"
+    before = sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint_"))
+    saved_config = (out / "config.yaml").read_text()
+    with pytest.raises(ConfigError, match=r"already holds checkpoints .*run\.resume_ckpt_path=auto.*another "
+                                          r"run\.output_dir"):
+        make_runner(tmp_path, toy_run_config(tmp_path, max_epoch=3))
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint_")) == before
+    assert (out / "config.yaml").read_text() == saved_config  # the earlier run's resolved config is kept
+    assert make_runner(tmp_path, toy_run_config(tmp_path, max_epoch=3, resume_ckpt_path="auto")).global_step == 6
+
+
+def test_elastic_restart_without_resume_path_resumes_auto(tmp_path, monkeypatch):
+    make_runner(tmp_path, toy_run_config(tmp_path, max_epoch=1)).train()
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")  # what torchrun --max-restarts sets on a restart
+    runner = make_runner(tmp_path, toy_run_config(tmp_path, max_epoch=2))
+    assert (runner.epoch, runner.global_step) == (1, 6)
+    logged = (tmp_path / "out" / "train_rank0.log").read_text()
+    assert "elastic restart 1 and run.resume_ckpt_path is not set: resuming as 'auto'" in logged
+
+
+@pytest.mark.parametrize("resume", [None, "auto"])
+def test_stale_checkpoint_temporaries_are_removed_at_start(tmp_path, resume):
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = out / ".checkpoint_00000004.pth.tmp-4242"  # a write killed with kill -9
+    stale.write_bytes(b"\x80\x02partial")
+    keep = out / "notes.tmp-1"  # not a checkpoint temporary: left alone
+    keep.write_text("mine")
+    runner = make_runner(tmp_path, toy_run_config(tmp_path, max_epoch=1, resume_ckpt_path=resume))
+    assert not stale.exists() and keep.exists()
+    assert "left by a checkpoint write that was killed" in (out / "train_rank0.log").read_text()
+    runner.train()
+
+
+def test_tensorboard_events_are_written(tmp_path):
+    make_runner(tmp_path, toy_run_config(tmp_path, max_epoch=1, tensorboard=True)).train()
+    events = list((tmp_path / "out" / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(events) == 1 and events[0].stat().st_size > 0
+
+
+def test_annotations_dropped_while_indexing_count_before_training(tmp_path, refer_mostly_zero_area):
+    """6 of 10 refs have zero-area boxes: the refer indexer drops them; the runner reports each and, with a 10%
+    threshold, refuses to start."""
+    from lavis.runners.runner import BadDataError
+
+    data = refer_run_config(tmp_path, refer_mostly_zero_area, max_bad_sample_fraction=0.1)
+    with pytest.raises(BadDataError, match=r"6 of 10 annotations .*unusable while indexing \(60\.00% > "
+                                           r"run\.max_bad_sample_fraction = 10\.00%\).*bad_samples_rank0\.jsonl"):
+        make_runner(tmp_path, data)
+    rows = [json.loads(x) for x in (tmp_path / "out" / "bad_samples_rank0.jsonl").read_text().splitlines()]
+    assert sorted(r["sample_id"] for r in rows) == [f"refcoco/{i}" for i in range(4, 10)]
+    assert all(r["stage"] == "indexing" and "zero area" in r["reason"] and r["dataset"] == "refs" for r in rows)
+
+    lenient_dir = tmp_path / "lenient"
+    lenient_dir.mkdir()
+    runner = make_runner(lenient_dir, refer_run_config(lenient_dir, refer_mostly_zero_area,
+                                                       max_bad_sample_fraction=0.7))
+    assert (runner.index_skipped, runner.index_kept) == (6, 4)
+    # they count toward the fraction checked while training: 6 bad of 6 seen so far
+    runner.run.max_bad_sample_fraction = 0.5
+    with pytest.raises(BadDataError, match="6 of 6 samples were bad"):
+        runner._check_bad_fraction(final=True)

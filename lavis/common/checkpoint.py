@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 CKPT_PATTERN = re.compile(r"^checkpoint_(\d{8})\.pth$")
+TMP_PATTERN = re.compile(r"^\.checkpoint_\d{8}\.pth\.tmp-\d+$")  # save_atomic's temporary names
 
 
 class CheckpointWriteError(OSError):
@@ -63,6 +64,18 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
         return []
     found = [(int(m.group(1)), p) for p in out.iterdir() if (m := CKPT_PATTERN.match(p.name))]
     return [p for _, p in sorted(found)]
+
+
+def remove_stale_temporaries(output_dir: str | Path) -> list[Path]:
+    """Delete the temporary files of checkpoint writes that were killed (kill -9, node loss): they are never
+    resumed from, but each can be as large as a checkpoint. Call it only while no write is in progress."""
+    out = Path(output_dir)
+    if not out.is_dir():
+        return []
+    stale = sorted(p for p in out.iterdir() if TMP_PATTERN.match(p.name))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:

@@ -18,12 +18,12 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, List, Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lavis.common.caption_metrics import CaptionMetricsConfig
-from lavis.common.config_schema import ConfigError, merge_checked
+from lavis.common.config_schema import ConfigError, describe, merge_checked
 from lavis.common.optim import LRScheduleConfig, OptimizerConfig
-from lavis.common.registry import DATASET_BUILDERS, LR_SCHEDULES, MODELS, RUNNERS, TASKS
+from lavis.common.registry import DATASET_BUILDERS, LR_SCHEDULES, MODELS, RUNNERS, TASKS, Registry, RegistryError
 
 CONFIG_ROOT = Path(__file__).resolve().parents[1] / "configs"
 TOP_LEVEL_KEYS = ("model", "datasets", "run")
@@ -104,9 +104,41 @@ def _load_yaml(path: str | Path, what: str) -> DictConfig:
     return cfg
 
 
-def _section(cfg: DictConfig, key: str) -> DictConfig:
-    node = cfg.get(key)
-    return node if node is not None else OmegaConf.create({})
+def _mapping(value: Any, key: str, source: str) -> DictConfig:
+    """A section as a mapping (empty when absent or null); anything else fails naming the key."""
+    if value is None:
+        return OmegaConf.create({})
+    if not isinstance(value, DictConfig):
+        raise ConfigError(f"{source}: bad value for '{key}': expected a mapping, got {describe(value)}")
+    return value
+
+
+def _section(cfg: DictConfig, key: str, source: str) -> DictConfig:
+    return _mapping(cfg.get(key), key, source)
+
+
+def _pick(key: str, user: DictConfig, options: DictConfig, cfg_path: str) -> tuple[Any, str]:
+    """(value, where it was set): --options over the file."""
+    if options.get(key) is not None:
+        return options.get(key), "--options"
+    return user.get(key), cfg_path
+
+
+def _source_of(key: str, options: DictConfig, cfg_path: str) -> str:
+    return "--options" if OmegaConf.select(options, key, default=None) is not None else cfg_path
+
+
+def _registered(registry: Registry, name: Any, key: str, source: str, note: str = "") -> Any:
+    """registry.get(name) with the file and key in the error (and the registry's suggestion kept)."""
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{source}: bad value for '{key}': expected a {registry.kind} name, got {describe(name)}")
+    try:
+        return registry.get(name)
+    except RegistryError as e:
+        raise ConfigError(
+            f"{source}: bad value for '{key}'{note}: {e}. (A {registry.kind} from a plugin needs its module in "
+            "run.imports.)"
+        ) from None
 
 
 def _check_top_level(cfg: DictConfig, source: str) -> None:
@@ -117,31 +149,45 @@ def _check_top_level(cfg: DictConfig, source: str) -> None:
             raise ConfigError(f"{source}: unknown top-level key '{key}'.{hint} A run YAML has: model, datasets, run")
 
 
-def _import_plugins(user: DictConfig, options: DictConfig) -> None:
-    names = list(OmegaConf.select(user, "run.imports", default=[]) or [])
-    names += list(OmegaConf.select(options, "run.imports", default=[]) or [])
-    for name in names:
-        importlib.import_module(name)
+def _import_plugins(user_run: DictConfig, options_run: DictConfig, cfg_path: str) -> None:
+    """Import the modules of run.imports of the file, then of --options (both lists are imported)."""
+    for source, run in ((cfg_path, user_run), ("--options", options_run)):
+        names = run.get("imports")
+        if names is None:
+            continue
+        if not isinstance(names, ListConfig):
+            raise ConfigError(
+                f"{source}: bad value for 'run.imports': expected a list of module names, got {describe(names)}"
+            )
+        for i, name in enumerate(names):
+            key = f"run.imports[{i}]"
+            if not isinstance(name, str) or not name or name.startswith("."):
+                raise ConfigError(f"{source}: bad value for '{key}': expected an absolute module name, "
+                                  f"got {describe(name)}")
+            try:
+                importlib.import_module(name)
+            except ImportError as e:  # the module, or something it imports, is missing
+                raise ConfigError(f"{source}: {key}: cannot import '{name}': {e}") from e
 
 
 def _resolve_model(user: DictConfig, options: DictConfig, cfg_path: str) -> tuple[str, str | None, DictConfig]:
-    model_user, model_opts = _section(user, "model"), _section(options, "model")
-    arch = model_opts.get("arch") or model_user.get("arch")
-    if not arch:
+    model_user, model_opts = _section(user, "model", cfg_path), _section(options, "model", "--options")
+    arch, source = _pick("arch", model_user, model_opts, cfg_path)
+    if arch is None or arch == "":
         raise ConfigError(f"{cfg_path}: model.arch is not set; registered models: {', '.join(MODELS.names())}")
-    cls = MODELS.get(arch)
-    model_type = model_opts.get("model_type") or model_user.get("model_type")
+    cls = _registered(MODELS, arch, "model.arch", source)
+    model_type, source = _pick("model_type", model_user, model_opts, cfg_path)
     sources: list[tuple[str, Any]] = []
     if model_type is not None:
-        if model_type not in cls.DEFAULT_CONFIGS:
+        if not isinstance(model_type, str) or model_type not in cls.DEFAULT_CONFIGS:
             close = difflib.get_close_matches(str(model_type), list(cls.DEFAULT_CONFIGS), n=1)
             hint = f" Did you mean '{close[0]}'?" if close else ""
             raise ConfigError(
-                f"{cfg_path}: model.model_type '{model_type}' is not one of {sorted(cls.DEFAULT_CONFIGS)} "
-                f"for model '{arch}'.{hint}"
+                f"{source}: bad value for 'model.model_type': {describe(model_type)} is not one of "
+                f"{sorted(cls.DEFAULT_CONFIGS)} for model '{arch}'.{hint}"
             )
         default_path = CONFIG_ROOT / cls.DEFAULT_CONFIGS[model_type]
-        default = _section(_load_yaml(default_path, "model default config"), "model")
+        default = _section(_load_yaml(default_path, "model default config"), "model", str(default_path))
         sources.append((str(default_path), _without(default, ("arch", "model_type"))))
     sources.append((cfg_path, _without(model_user, ("arch", "model_type"))))
     sources.append(("--options", _without(model_opts, ("arch", "model_type"))))
@@ -155,36 +201,50 @@ def _without(cfg: DictConfig, keys: tuple[str, ...]) -> DictConfig:
 
 
 def _resolve_datasets(user: DictConfig, options: DictConfig, cfg_path: str) -> dict[str, DictConfig]:
-    user_sets, opt_sets = _section(user, "datasets"), _section(options, "datasets")
+    user_sets, opt_sets = _section(user, "datasets", cfg_path), _section(options, "datasets", "--options")
     for name in opt_sets.keys():
         if name not in user_sets:
             raise ConfigError(
                 f"--options: dataset '{name}' is not in {cfg_path}; its datasets: {list(user_sets.keys())}"
             )
     resolved = {}
-    for name, entry in user_sets.items():
-        entry = entry if entry is not None else OmegaConf.create({})
-        builder_name = entry.get("builder") or name
-        builder = DATASET_BUILDERS.get(builder_name)
+    for name in user_sets.keys():
+        key = f"datasets.{name}"
+        entry = _mapping(user_sets.get(name), key, cfg_path)
+        entry_opts = _mapping(opt_sets.get(name), key, "--options")
+        builder_name, source = _pick("builder", entry, entry_opts, cfg_path)
+        if builder_name is None or builder_name == "":  # unset: the entry's name is the builder's name
+            builder = _registered(DATASET_BUILDERS, str(name), f"{key}.builder", cfg_path,
+                                  note=" (not set, so the entry's name is used)")
+        else:
+            builder = _registered(DATASET_BUILDERS, builder_name, f"{key}.builder", source)
         sources: list[tuple[str, Any]] = []
         if getattr(builder, "DEFAULT_CONFIG", None):
             default_path = CONFIG_ROOT / builder.DEFAULT_CONFIG
             sources.append((str(default_path), _load_yaml(default_path, "dataset default config")))
         sources.append((cfg_path, entry))
-        sources.append(("--options", opt_sets.get(name)))
-        resolved[str(name)] = merge_checked(OmegaConf.structured(builder.Config), sources, prefix=f"datasets.{name}")
+        sources.append(("--options", entry_opts))
+        resolved[str(name)] = merge_checked(OmegaConf.structured(builder.Config), sources, prefix=key)
     if not resolved:
         raise ConfigError(f"{cfg_path}: no datasets given under 'datasets:'")
     return resolved
 
 
-def _missing_required(node: DictConfig, prefix: str, cfg_path: str) -> None:
+def _missing_required(node: DictConfig, prefix: str, cfg_path: str, hint: str = "") -> None:
     missing = sorted(OmegaConf.missing_keys(node))
     if missing:
         keys = ", ".join(f"{prefix}.{k}" for k in missing)
         raise ConfigError(
-            f"{cfg_path}: required key(s) not set: {keys}; set them in the YAML or with --options key=value"
+            f"{cfg_path}: required key(s) not set: {keys}; set them in the YAML or with --options key=value{hint}"
         )
+
+
+def _unmerged_defaults_hint(arch: str, model_type: str | None) -> str:
+    """Said with a model error when no model_type chose a default YAML: that is the likely cause."""
+    types = sorted(MODELS.get(arch).DEFAULT_CONFIGS)
+    if model_type is not None or not types:
+        return ""
+    return f" (model.model_type is not set, so none of the default configs of '{arch}' {types} was merged)"
 
 
 def _path_fields(obj: Any, prefix: str) -> list[tuple[str, str]]:
@@ -232,22 +292,22 @@ def load_config(cfg_path: str, options: list[str] | None = None) -> ResolvedConf
         raise ConfigError(f"--options: cannot parse {options}: {e}") from None
     _check_top_level(user, cfg_path)
     _check_top_level(opts, "--options")
-    _import_plugins(user, opts)
+    user_run, opts_run = _section(user, "run", cfg_path), _section(opts, "run", "--options")
+    _import_plugins(user_run, opts_run, cfg_path)
 
-    run_sources = [(cfg_path, _section(user, "run")), ("--options", _section(opts, "run"))]
-    run = merge_checked(OmegaConf.structured(RunConfig), run_sources, prefix="run")
+    run = merge_checked(OmegaConf.structured(RunConfig), [(cfg_path, user_run), ("--options", opts_run)], prefix="run")
     arch, model_type, model = _resolve_model(user, opts, cfg_path)
     datasets = _resolve_datasets(user, opts, cfg_path)
+    defaults_hint = _unmerged_defaults_hint(arch, model_type)
 
     _missing_required(run, "run", cfg_path)
-    _missing_required(model, "model", cfg_path)
+    _missing_required(model, "model", cfg_path, defaults_hint)
     for name, node in datasets.items():
         _missing_required(node, f"datasets.{name}", cfg_path)
 
     run_obj: RunConfig = OmegaConf.to_object(run)
-    TASKS.get(run_obj.task)
-    RUNNERS.get(run_obj.runner)
-    LR_SCHEDULES.get(run_obj.lr_schedule.name)
+    for key, registry in (("run.task", TASKS), ("run.runner", RUNNERS), ("run.lr_schedule.name", LR_SCHEDULES)):
+        _registered(registry, OmegaConf.select(run, key[len("run."):]), key, _source_of(key, opts, cfg_path))
     model_obj = OmegaConf.to_object(model)
     dataset_objs = {name: OmegaConf.to_object(node) for name, node in datasets.items()}
 
@@ -255,8 +315,8 @@ def load_config(cfg_path: str, options: list[str] | None = None) -> ResolvedConf
     for name, ds in dataset_objs.items():
         if modalities is not None and ds.modality not in modalities:
             raise ConfigError(
-                f"{cfg_path}: datasets.{name}.modality '{ds.modality}' is not a key of model.modalities "
-                f"({', '.join(modalities)})"
+                f"{_source_of(f'datasets.{name}.modality', opts, cfg_path)}: datasets.{name}.modality "
+                f"'{ds.modality}' is not a key of model.modalities ({', '.join(modalities)}){defaults_hint}"
             )
     check_model_paths(model_obj, cfg_path)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import difflib
 from typing import Any, Iterable, TypeVar
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 T = TypeVar("T")
@@ -41,12 +41,42 @@ def explain(error: OmegaConfBaseException, schema: Any, source: str, prefix: str
     return ConfigError(f"{source}: bad value for '{shown}': {first_line}")
 
 
+def describe(value: Any) -> str:
+    """A value as the user wrote it, with its kind: "the str 'oops'", "the list [1, 2]"."""
+    if isinstance(value, (DictConfig, ListConfig)):
+        value = OmegaConf.to_container(value, resolve=False)
+    kind = {dict: "mapping", list: "list"}.get(type(value), type(value).__name__)
+    return f"the {kind} {value!r}"
+
+
+def _check_shapes(node: DictConfig, data: dict, source: str, key: str) -> None:
+    """A scalar where the schema has a section (or a list), caught before merging: omegaconf's own error for it
+    names no key, or is a bare TypeError."""
+    for name, value in data.items():
+        if value is None or name not in node:
+            continue  # null is checked by the merge; an unknown key gets omegaconf's error with a suggestion
+        child = node._get_node(name)
+        full = f"{key}.{name}" if key else str(name)
+        if isinstance(child, DictConfig):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: bad value for '{full}': expected a mapping, got {describe(value)}")
+            if not (child._is_none() or child._is_missing()):
+                _check_shapes(child, value, source, full)
+        elif isinstance(child, ListConfig) and not isinstance(value, list):
+            raise ConfigError(f"{source}: bad value for '{full}': expected a list, got {describe(value)}")
+
+
 def merge_checked(schema: DictConfig, sources: Iterable[tuple[str, Any]], prefix: str = "") -> DictConfig:
     """Merge each (source name, mapping) over the structured `schema`, in order, failing on the first bad key."""
     merged = schema
     for source, data in sources:
         if data is None:
             continue
+        plain = OmegaConf.to_container(data, resolve=False) if isinstance(data, (DictConfig, ListConfig)) else data
+        if not isinstance(plain, dict):
+            where = f"bad value for '{prefix}': " if prefix else ""
+            raise ConfigError(f"{source}: {where}expected a mapping, got {describe(plain)}")
+        _check_shapes(merged, plain, source, prefix)
         try:
             merged = OmegaConf.merge(merged, data)
         except OmegaConfBaseException as e:

@@ -10,7 +10,9 @@ A dataset item is a dict:
 The modality of a dataset comes from its YAML entry (`datasets.<name>.modality`), never from the item.
 
 A sample that cannot be read or is invalid raises `BadSampleError`; the loader counts, logs and skips it, and the
-runner stops once more than `run.max_bad_sample_fraction` of the samples seen are bad.
+runner stops once more than `run.max_bad_sample_fraction` of the samples seen are bad. Annotations found unusable
+while indexing (zero-area box, empty caption, missing point file) never become items: a dataset lists them in its
+`skipped` attribute as (sample id, reason) pairs, and the runner counts them once, before training starts.
 """
 
 from __future__ import annotations
@@ -34,6 +36,11 @@ def cleaned_caption(clean: Callable[[str], str], raw: object, sample_id: str) ->
     if not caption:
         raise BadSampleError(sample_id, f"caption {raw!r} is empty after cleaning")
     return caption
+
+
+def indexing_skips(dataset: object) -> list[tuple[str, str]]:
+    """The (sample id, reason) of annotations `dataset` dropped while indexing; [] for a dataset without the list."""
+    return [(str(sample_id), str(reason)) for sample_id, reason in getattr(dataset, "skipped", None) or []]
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,6 @@ from lavis.common import dist as dist_utils
 from lavis.common.checkpoint import (
     capture_rng_state,
     checkpoint_path,
-    latest_checkpoint,
     load_checkpoint,
     prune_checkpoints,
     restore_rng_state,
@@ -33,6 +33,7 @@ from lavis.common.config import ResolvedConfig
 from lavis.common.metric_log import MetricSink, MetricWindow, peak_memory_mb
 from lavis.common.optim import build_optimizer, set_lr
 from lavis.common.registry import LR_SCHEDULES, RUNNERS, TASKS
+from lavis.datasets.base import indexing_skips
 from lavis.datasets.loaders import (
     StreamingTrainStream,
     TrainStream,
@@ -53,6 +54,17 @@ class BadDataError(RuntimeError):
 
 class NonFiniteError(FloatingPointError):
     pass
+
+
+# A rank whose collective broke because a peer died waits this long before raising: torchrun's agent (polling every
+# 0.1 s) then sees the peer's failure alone and reports it as the root cause, instead of a tie (error files carry
+# whole-second timestamps) that it resolves in favour of rank 0's "connection reset".
+PEER_FAILURE_GRACE_S = 5.0
+
+
+def is_peer_failure(error: BaseException) -> bool:
+    """A communication error (a peer exited, a store or collective timed out), not a failure of this rank."""
+    return isinstance(error, torch.distributed.DistError) or (isinstance(error, RuntimeError) and "gloo" in str(error))
 
 
 def sync_gradients(params: list[torch.nn.Parameter], world_size: int) -> None:
@@ -88,13 +100,17 @@ class EpochRunner:
     def __init__(self, cfg: ResolvedConfig, cfg_path: str = "<config>"):
         self.cfg, self.run = cfg, cfg.run
         run = cfg.run
-        setup = set_up_run(cfg, cfg_path)
+        setup = set_up_run(cfg, cfg_path, training=True)
         self.dist, self.device, self.output_dir = setup.dist, setup.dist.device, setup.output_dir
         self.model = setup.model
         builders = setup.builders
         self.task = TASKS.get(run.task)()
 
-        self.streams = self._build_streams(builders)
+        # Annotations dropped while indexing: counted on rank 0 only (every rank indexes the same files), reported
+        # once per run (not again on resume), and held to run.max_bad_sample_fraction before the first step.
+        self.index_skipped, self.index_kept = 0, 0
+        self.streams = self._build_streams(builders, report_skips=setup.resume_from is None)
+        self._check_indexing_skips()
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.model, run.optimizer, run.lr_schedule.init_lr)
         self.lr_at = LR_SCHEDULES.get(run.lr_schedule.name)
@@ -109,17 +125,21 @@ class EpochRunner:
         self.nonfinite_steps, self.nonfinite_in_row = 0, 0
         # Each rank's own random stream (dropout); a resumed run continues the stream its checkpoint saved.
         torch.manual_seed(derive_seed(run.seed, "rank", self.dist.rank))
-        self._resume_if_asked()
+        if setup.resume_from is not None:
+            self._resume(setup.resume_from)
         self.sink = MetricSink(self.output_dir, run.tensorboard) if self.dist.is_main else None
 
     # ---- construction helpers -------------------------------------------------------------------------------
-    def _build_streams(self, builders: dict[str, Any]) -> list[TrainStream | StreamingTrainStream]:
+    def _build_streams(
+        self, builders: dict[str, Any], report_skips: bool
+    ) -> list[TrainStream | StreamingTrainStream]:
         streams = []
         for name, builder in builders.items():
             ds_cfg = self.cfg.datasets[name]
             if ds_cfg.train_split is None:
                 continue
             dataset = builder.build(ds_cfg.train_split)
+            self._account_indexing_skips(name, dataset, report_skips)
             streams.append(build_train_stream(
                 name, dataset, modality=ds_cfg.modality, batch_size=ds_cfg.batch_size, repeat=ds_cfg.repeat,
                 rank=self.dist.rank, world_size=self.dist.world_size, seed=self.run.seed,
@@ -147,14 +167,8 @@ class EpochRunner:
         return -(-batches // self.run.accum_grad_iters)
 
     # ---- checkpoints -----------------------------------------------------------------------------------------
-    def _resume_if_asked(self) -> None:
-        target = self.run.resume_ckpt_path
-        if not target:
-            return
-        path = latest_checkpoint(self.output_dir) if target == "auto" else Path(target)
-        if path is None:
-            log.info("resume_ckpt_path=auto: no checkpoint in %s yet, starting fresh", self.output_dir)
-            return
+    def _resume(self, path: Path) -> None:
+        """Continue from `path` (chosen by set_up_run: run.resume_ckpt_path, `auto`, or an elastic restart)."""
         state = load_checkpoint(path)
         self._check_same_model_config(state["config"]["model"], path)
         self.model.load_trainable_state_dict(state["model"])
@@ -163,6 +177,7 @@ class EpochRunner:
         pos = state["position"]
         self.epoch, self.position, self.global_step = pos["epoch"], pos["position"], pos["global_step"]
         self.bad_samples, self.seen_samples = pos.get("bad_samples", 0), pos.get("seen_samples", 0)
+        self.nonfinite_steps = pos.get("nonfinite_steps", 0)
         rng = state["rng"]
         if len(rng) == self.dist.world_size:
             restore_rng_state(rng[self.dist.rank])
@@ -194,7 +209,8 @@ class EpochRunner:
                 "scaler": self.scaler.state_dict(),
                 "rng": rng,
                 "position": {"epoch": self.epoch, "position": self.position, "global_step": self.global_step,
-                             "bad_samples": self.bad_samples, "seen_samples": self.seen_samples},
+                             "bad_samples": self.bad_samples, "seen_samples": self.seen_samples,
+                             "nonfinite_steps": self.nonfinite_steps},
                 "config": OmegaConf.to_container(self.cfg.yaml),
             }
             save_atomic(state, path)
@@ -207,6 +223,16 @@ class EpochRunner:
     def train(self, stop_at_step: int | None = None) -> dict[str, float]:
         """Train to the end of `run.max_epoch`, or stop once the global step reaches `stop_at_step` (the schedule
         still spans the whole run, as if the job had been cut off there; checkpoints follow run.ckpt_every_steps)."""
+        try:
+            return self._train(stop_at_step)
+        except Exception as e:
+            if self.dist.enabled and is_peer_failure(e):
+                log.error("rank %d: a collective failed, most likely because another rank failed first (its error "
+                          "is the root cause); exiting in %.0f s: %s", self.dist.rank, PEER_FAILURE_GRACE_S, e)
+                time.sleep(PEER_FAILURE_GRACE_S)
+            raise
+
+    def _train(self, stop_at_step: int | None) -> dict[str, float]:
         last: dict[str, float] = {}
         for epoch in range(self.epoch, self.run.max_epoch):
             self.epoch = epoch
@@ -271,11 +297,18 @@ class EpochRunner:
         with_grad = [p for p in self.trainable if p.grad is not None]
         max_norm = self.run.grad_clip_norm if self.run.grad_clip_norm > 0 else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(with_grad, max_norm) if with_grad else torch.zeros(())
-        # fp16's scaler skips non-finite steps itself (and lowers its scale); otherwise check the loss and the
-        # gradient norm here: one small all-reduce and one host sync per optimizer step, so all ranks decide alike.
-        if not self.scaler.is_enabled() and not self._all_finite(step_loss, norm):
+        # The loss and the unscaled gradient norm decide for every precision: one small all-reduce and one host
+        # sync per optimizer step, so all ranks decide alike. Under fp16 a non-finite norm is exactly what makes the
+        # scaler skip its step, so this also counts and logs the steps the scaler would have dropped silently.
+        loss_finite, grads_finite = self._finite(step_loss, norm)
+        if not (loss_finite and grads_finite):
             self.optimizer.zero_grad(set_to_none=True)
-            self._skip_nonfinite_step(sample_ids)
+            # fp16: an overflow while the loss scale is still above 1 is the scaler searching for its scale (several
+            # in a row are usual at the start), not divergence; it is counted and logged but does not stop the run.
+            overflow = self.scaler.is_enabled() and loss_finite and self.scaler.get_scale() > 1.0
+            if self.scaler.is_enabled():
+                self.scaler.update()  # no step taken: the inf found by unscale_ lowers the scale for the next try
+            self._skip_nonfinite_step(sample_ids, counts_in_row=not overflow)
             return lr, False
         self.nonfinite_in_row = 0
         self.scaler.step(self.optimizer)
@@ -284,12 +317,19 @@ class EpochRunner:
         self.global_step += 1
         return lr, True
 
-    def _all_finite(self, step_loss: torch.Tensor, norm: torch.Tensor) -> bool:
-        bad = (~torch.isfinite(step_loss) | ~torch.isfinite(norm.to(step_loss.device))).float()
-        return dist_utils.all_reduce_sum(bad).item() == 0
+    def _finite(self, step_loss: torch.Tensor, norm: torch.Tensor) -> tuple[bool, bool]:
+        """(loss finite, gradient norm finite) on every rank."""
+        bad = torch.stack([~torch.isfinite(step_loss), ~torch.isfinite(norm.to(step_loss.device))]).float()
+        loss_bad, grads_bad = dist_utils.all_reduce_sum(bad).tolist()
+        return loss_bad == 0, grads_bad == 0
 
-    def _skip_nonfinite_step(self, sample_ids: list[str]) -> None:
+    def _skip_nonfinite_step(self, sample_ids: list[str], counts_in_row: bool) -> None:
         self.nonfinite_steps += 1
+        if not counts_in_row:
+            log.warning("fp16 gradient overflow at step %d: step skipped, loss scale lowered to %g (%d non-finite "
+                        "steps in all); samples: %s", self.global_step, self.scaler.get_scale(),
+                        self.nonfinite_steps, ", ".join(sample_ids[:32]))
+            return
         self.nonfinite_in_row += 1
         log.warning("non-finite loss or gradient at step %d: step skipped (%d in a row, %d in all); samples: %s",
                     self.global_step, self.nonfinite_in_row, self.nonfinite_steps, ", ".join(sample_ids[:32]))
@@ -306,6 +346,7 @@ class EpochRunner:
         metrics = window.flush()
         metrics["lr"] = lr
         metrics["peak_mem_mb"] = peak_memory_mb(self.device)
+        metrics["nonfinite_steps"] = float(self.nonfinite_steps)  # skipped so far in the run (kept over resumes)
         self._check_bad_fraction(final=False)
         if self.sink is not None:
             self.sink.write(self.global_step, epoch, metrics)
@@ -317,6 +358,30 @@ class EpochRunner:
         return metrics
 
     # ---- bad samples and tracing -----------------------------------------------------------------------------
+    def _account_indexing_skips(self, name: str, dataset: Any, report: bool) -> None:
+        skips = indexing_skips(dataset)
+        if not self.dist.is_main:
+            return
+        self.index_skipped += len(skips)
+        self.index_kept += len(dataset)
+        if report and skips:
+            with (self.output_dir / "bad_samples_rank0.jsonl").open("a") as f:
+                for sample_id, reason in skips:
+                    f.write(json.dumps({"epoch": None, "stage": "indexing", "dataset": name, "sample_id": sample_id,
+                                        "reason": reason}) + "\n")
+
+    def _check_indexing_skips(self) -> None:
+        """Before the first step: too many unusable annotations means a wrong file or format, not a few bad
+        samples. Every rank gets rank 0's counts, so all stop together."""
+        skipped, total = dist_utils.all_gather_objects((self.index_skipped, self.index_skipped + self.index_kept))[0]
+        if total and skipped > self.run.max_bad_sample_fraction * total:
+            raise BadDataError(
+                f"{skipped} of {total} annotations of the training splits were unusable while indexing "
+                f"({skipped / total:.2%} > run.max_bad_sample_fraction = {self.run.max_bad_sample_fraction:.2%}); "
+                f"each sample and its reason is in {self.output_dir}/bad_samples_rank0.jsonl. Check the annotation "
+                "files and paths, or raise the threshold knowingly."
+            )
+
     def _account_samples(
         self, batch: dict[str, Any], epoch: int, position: int, stream: TrainStream | StreamingTrainStream
     ) -> None:
@@ -335,7 +400,9 @@ class EpochRunner:
                                     "sample_ids": batch["sample_ids"]}) + "\n")
 
     def _check_bad_fraction(self, final: bool) -> None:
-        totals = torch.tensor([float(self.bad_samples), float(self.seen_samples)], device=self.device)
+        # Annotations dropped while indexing count once (rank 0 holds them) as seen and bad.
+        totals = torch.tensor([float(self.bad_samples + self.index_skipped),
+                               float(self.seen_samples + self.index_skipped)], device=self.device)
         dist_utils.all_reduce_sum(totals)
         bad, seen = totals.tolist()
         if seen == 0 or (not final and seen < self.run.bad_sample_check_after):

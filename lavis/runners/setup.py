@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,8 +13,9 @@ import torch
 from omegaconf import OmegaConf
 
 from lavis.common import dist as dist_utils
-from lavis.common.checkpoint import latest_checkpoint, load_checkpoint
-from lavis.common.config import ResolvedConfig, check_dataset_paths, save_config
+from lavis.common.checkpoint import latest_checkpoint, load_checkpoint, remove_stale_temporaries
+from lavis.common.config import ResolvedConfig, RunConfig, check_dataset_paths, save_config
+from lavis.common.config_schema import ConfigError
 from lavis.common.metric_log import setup_logging
 from lavis.common.registry import MODELS
 from lavis.models.base import BaseModel
@@ -27,6 +29,7 @@ class RunSetup:
     output_dir: Path
     builders: dict[str, Any]
     model: BaseModel
+    resume_from: Path | None = None  # training: the checkpoint to continue from (None: a fresh start)
 
 
 def count_parameters(model: torch.nn.Module) -> dict[str, tuple[int, int]]:
@@ -57,7 +60,39 @@ def resolve_load_path(path: str) -> Path:
     return found
 
 
-def set_up_run(cfg: ResolvedConfig, cfg_path: str, config_name: str = "config.yaml") -> RunSetup:
+def choose_resume_checkpoint(run: RunConfig, output_dir: Path, info: dist_utils.DistInfo) -> Path | None:
+    """Where a training run continues from, decided before anything is written to `output_dir`.
+
+    A restart by `torchrun --max-restarts` resumes as `auto`. A fresh start in a directory that already holds
+    checkpoints is refused: the runs would mix, and pruning (run.keep_ckpts) would delete the new run's lower-step
+    checkpoints first. Rank 0 looks; every rank acts on what it saw, so all ranks decide alike."""
+    target = run.resume_ckpt_path
+    restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    if not target and restarts > 0:
+        log.warning("elastic restart %d and run.resume_ckpt_path is not set: resuming as 'auto' from the latest "
+                    "checkpoint in %s", restarts, output_dir)
+        target = "auto"
+    latest = dist_utils.all_gather_objects(latest_checkpoint(output_dir) if info.is_main else None)[0]
+    if not target and latest is not None:
+        raise ConfigError(
+            f"run.output_dir {output_dir} already holds checkpoints of an earlier run (latest: {latest.name}) and "
+            "run.resume_ckpt_path is not set. A fresh start there would mix two runs, and pruning would delete the "
+            "new run's checkpoints first. Set run.resume_ckpt_path=auto to continue that run, or choose another "
+            "run.output_dir"
+        )
+    if info.is_main:
+        for path in remove_stale_temporaries(output_dir):
+            log.warning("removed %s, left by a checkpoint write that was killed", path)
+    if target != "auto":
+        return Path(target) if target else None
+    if latest is None:
+        log.info("resume_ckpt_path=auto: no checkpoint in %s yet, starting fresh", output_dir)
+    return latest
+
+
+def set_up_run(
+    cfg: ResolvedConfig, cfg_path: str, config_name: str = "config.yaml", training: bool = False
+) -> RunSetup:
     run = cfg.run
     info = dist_utils.init_distributed(run.device.value, run.dist_timeout_s)
     output_dir = Path(run.output_dir)
@@ -65,6 +100,7 @@ def set_up_run(cfg: ResolvedConfig, cfg_path: str, config_name: str = "config.ya
         output_dir.mkdir(parents=True, exist_ok=True)
     dist_utils.barrier()
     setup_logging(info.rank, output_dir)
+    resume_from = choose_resume_checkpoint(run, output_dir, info) if training else None
     if info.is_main:
         log.info("resolved config:\n%s", OmegaConf.to_yaml(cfg.yaml))
         save_config(cfg, output_dir / config_name)
@@ -84,7 +120,8 @@ def set_up_run(cfg: ResolvedConfig, cfg_path: str, config_name: str = "config.ya
     from lavis.runners.features import attach_feature_caches  # imported here: it uses this module's autocast
 
     builders = attach_feature_caches(cfg, builders, model, info.device)  # datasets with feature_cache_dir
-    return RunSetup(dist=info, output_dir=output_dir, builders=builders, model=model.to(info.device))
+    return RunSetup(dist=info, output_dir=output_dir, builders=builders, model=model.to(info.device),
+                    resume_from=resume_from)
 
 
 def autocast_dtype(device: torch.device, amp: str) -> torch.dtype | None:
