@@ -4,11 +4,15 @@ generation, checkpoints and the reference-checkpoint converter. Offline; the ass
 from __future__ import annotations
 
 import importlib.util
+import re
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import OmegaConf
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 import lavis.models.eva_vit  # noqa: F401  (registers eva_vit)
 import lavis.models.pointbert  # noqa: F401  (registers pointbert)
@@ -31,6 +35,15 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     return write_tiny_assets(tmp_path_factory.mktemp("tiny_assets"))
+
+
+@pytest.fixture
+def one_thread():
+    # multi-threaded BLAS may round differently (1 ulp) when a weight's buffer moves; "bit for bit" needs one thread
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def tiny_model_dict(assets, family: str = "opt") -> dict:
@@ -119,7 +132,7 @@ def test_frozen_parts(model):
     model.eval()
 
 
-def test_adapters_are_independent(assets):
+def test_adapters_are_independent(assets, one_thread):
     model = build(tiny_model_dict(assets))
     with torch.no_grad():  # non-zero B, so that every adapter changes its modality's outputs
         for name, p in model.named_parameters():
@@ -147,13 +160,17 @@ def test_zero_init_lora_keeps_the_plain_blip2_path(model):
     assert torch.equal(with_adapter, plain)
 
 
-def test_pafe_makes_the_region_matter(model):
-    batch = make_batch(model, "image_region")
-    other = dict(batch, region_geometry=batch["region_geometry"].flip(0))
+@pytest.mark.parametrize("modality", ["image_region", "pointcloud_region"])  # box2d, box3d_corners
+def test_pafe_makes_the_region_matter(assets, model, modality):
+    batch = make_batch(model, modality)
+    other = dict(batch, region_geometry=batch["region_geometry"].flip(0))  # every sample gets another box
     assert not torch.allclose(query_outputs(model, batch), query_outputs(model, other))
-    # the holistic modality has no PaFE: the same images with other boxes give the same outputs
-    plain, plain_other = dict(batch, modality="image"), dict(other, modality="image")
-    assert torch.equal(query_outputs(model, plain), query_outputs(model, plain_other))
+    # PaFE off as configs/train/*_no_pafe.yaml turns it off: the same modality with `region: null` (and no REG)
+    data = tiny_model_dict(assets)
+    data["modalities"][modality].update(region=None, losses={**data["modalities"][modality]["losses"], "reg": 0})
+    no_pafe = build(data)
+    assert no_pafe.heads[modality].pafe is None
+    assert torch.equal(query_outputs(no_pafe, batch), query_outputs(no_pafe, other))
 
 
 def test_a_new_region_kind_and_modality_need_no_code(assets):
@@ -193,21 +210,24 @@ def test_config_errors_name_the_block(assets):
 
 
 def synthetic_blip2_state(model: RegionBLIP) -> dict[str, torch.Tensor]:
-    """A LAVIS BLIP-2 (OPT) state dict at the tiny sizes: visual_encoder.*, ln_vision.*, Qformer.*, query_tokens,
-    opt_proj.*, with values unlike the model's."""
+    """A LAVIS BLIP-2 (OPT, stage 1 + 2) state dict at the tiny sizes: visual_encoder.*, ln_vision.*, Qformer.*,
+    query_tokens, opt_proj.*, vision_proj.*, text_proj.*, itm_head.*, temp, with values unlike the model's."""
     gen = torch.Generator().manual_seed(7)
     state = {k: torch.randn(v.shape, generator=gen) for k, v in model.encoders["vision"].state_dict().items()}
     fresh = type(model.qformers["blip2"])(model.cfg.qformers["blip2"].config)
     state.update({f"Qformer.{k}": torch.randn(v.shape, generator=gen) for k, v in fresh.state_dict().items()})
     hidden, width = model.cfg.num_query_tokens, model.cfg.qformers["blip2"].config.hidden_size
     state["query_tokens"] = torch.randn(1, hidden, width, generator=gen)
-    state["opt_proj.weight"] = torch.randn(model.llm.hidden_size, width, generator=gen)
-    state["opt_proj.bias"] = torch.randn(model.llm.hidden_size, generator=gen)
+    for name, out in (("opt_proj", model.llm.hidden_size), ("vision_proj", model.cfg.embed_dim),
+                      ("text_proj", model.cfg.embed_dim), ("itm_head", 2)):
+        state[f"{name}.weight"] = torch.randn(out, width, generator=gen)
+        state[f"{name}.bias"] = torch.randn(out, generator=gen)
+    state["temp"] = torch.tensor(0.05)  # LAVIS: a 0-d parameter
     return state
 
 
-def blip2_config(assets, path: Path) -> dict:
-    data = tiny_model_dict(assets)
+def blip2_config(assets, path: Path, data: dict | None = None) -> dict:
+    data = data or tiny_model_dict(assets)
     data["blip2_checkpoint_path"] = str(path)
     data["encoders"]["vision"]["init_from_blip2"] = True
     data["qformers"]["blip2"]["init_from_blip2"] = True
@@ -220,22 +240,82 @@ def test_blip2_checkpoint_loads_and_freezes_the_image_path(assets, model, tmp_pa
     state = synthetic_blip2_state(model)
     torch.save({"model": state}, tmp_path / "blip2.pth")
     loaded = build(blip2_config(assets, tmp_path / "blip2.pth"))
-    assert loaded.blip2_report == {"encoders.vision": [], "qformers.blip2": [], "heads.image": [],
-                                   "heads.image_region": []}
+    parts = {"encoders.vision": [], "qformers.blip2": [], "heads.image": [], "heads.image_region": []}
+    assert loaded.blip2_report == parts
+    assert loaded.blip2_load.missing == parts and loaded.blip2_load.unexpected == parts
+    assert loaded.blip2_load.unused == {}
     vit_key = next(k for k in state if k.startswith("visual_encoder.blocks.0.") and k.endswith("weight"))
     assert torch.equal(loaded.encoders["vision"].state_dict()[vit_key], state[vit_key])
     key = "bert.encoder.layer.0.attention.self.query.base_layer.weight"
     assert torch.equal(dict(loaded.qformers["blip2"].named_parameters())[key],
                        state["Qformer.bert.encoder.layer.0.attention.self.query.weight"])
-    for name in ("image", "image_region"):
-        assert torch.equal(loaded.heads[name].queries, state["query_tokens"])
-        assert torch.equal(loaded.heads[name].llm_proj.weight, state["opt_proj.weight"])
+    for name in ("image", "image_region"):  # image_region has ITC but no ITM: no itm_head to fill
+        heads = loaded.heads[name]
+        assert torch.equal(heads.queries, state["query_tokens"])
+        for part in ("llm_proj", "vision_proj", "text_proj"):
+            assert torch.equal(getattr(heads, part).weight, state[f"{part.replace('llm', 'opt')}.weight"]), part
+            assert torch.equal(getattr(heads, part).bias, state[f"{part.replace('llm', 'opt')}.bias"]), part
+        assert torch.equal(heads.temp, state["temp"])
+    assert torch.equal(loaded.heads["image"].itm_head.weight, state["itm_head.weight"])
     # BLIP-2's own image path is frozen and has no adapter; the region modality trains
-    assert not loaded.heads["image"].queries.requires_grad and not loaded.heads["image"].llm_proj.weight.requires_grad
+    assert not any(p.requires_grad for p in loaded.heads["image"].parameters())
     assert loaded.heads["image_region"].queries.requires_grad
     assert not any(".lora_A.image." in n for n, _ in loaded.named_parameters())
     out = loaded(make_batch(loaded, "image"))
     assert all(torch.isfinite(v) for v in out.losses.values())
+
+
+def test_blip2_loading_reports_unexpected_and_unused_keys(assets, model, tmp_path):
+    state = synthetic_blip2_state(model)
+    state["t5_proj.weight"], state["t5_proj.bias"] = torch.zeros(5, 32), torch.zeros(5)  # another LLM family's
+    state["Qformer.bert.encoder.layer.0.attention.self.extra.weight"] = torch.zeros(2)
+    torch.save({"model": state}, tmp_path / "blip2.pth")
+    loaded = build(blip2_config(assets, tmp_path / "blip2.pth"))
+    assert loaded.blip2_load.unused == {"t5_proj": ["t5_proj.bias", "t5_proj.weight"]}
+    assert loaded.blip2_load.unexpected["qformers.blip2"] == ["bert.encoder.layer.0.attention.self.extra.weight"]
+    assert not any(loaded.blip2_load.missing.values())
+
+
+@pytest.mark.parametrize("absent", ["query_tokens", "opt_proj.weight"])
+def test_a_frozen_blip2_path_needs_its_queries_and_projection(assets, model, tmp_path, absent):
+    state = synthetic_blip2_state(model)
+    del state[absent]
+    path = tmp_path / "blip2.pth"
+    torch.save({"model": state}, path)
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))}.*modality 'image'.*'{re.escape(absent)}'"):
+        build(blip2_config(assets, path))
+    # a path that trains may start without them: they are only reported
+    data = blip2_config(assets, path)
+    data["freeze_blip2_pretrain"] = False
+    ours = {"query_tokens": "queries", "opt_proj.weight": "llm_proj.weight"}[absent]
+    assert build(data).blip2_report["heads.image"] == [ours]
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_freeze_blip2_pretrain_keeps_the_whole_image_path(assets, model, tmp_path, freeze):
+    """freeze_blip2_pretrain keeps every tensor of BLIP-2's own image path (queries, LLM and ITC projections,
+    temperature, ITM head) as loaded, so the path stays BLIP-2's function; without it they all train."""
+    torch.save({"model": synthetic_blip2_state(model)}, tmp_path / "blip2.pth")
+    data = blip2_config(assets, tmp_path / "blip2.pth")
+    data["freeze_blip2_pretrain"] = freeze
+    # the PaFE-off ablation's region modality (region: null, its own adapter) is a new modality: it trains either way
+    losses = data["modalities"]["image_region"]["losses"]
+    data["modalities"]["image_region"].update(region=None, losses={**losses, "reg": 0})
+    loaded = build(data)
+    image = dict(loaded.heads["image"].named_parameters())
+    linears = ("llm_proj", "vision_proj", "text_proj", "itm_head")
+    assert set(image) == {"queries", "temp"} | {f"{part}.{leaf}" for part in linears for leaf in ("weight", "bias")}
+    assert all(p.requires_grad != freeze for p in image.values())
+    assert any(k.startswith("heads.image.") for k in loaded.trainable_state_dict()) != freeze
+    assert all(p.requires_grad for p in loaded.heads["image_region"].parameters())
+    loaded.train()
+    if freeze:
+        with pytest.raises(ValueError, match="freeze_blip2_pretrain"):
+            loaded(make_batch(loaded, "image"))
+    else:
+        out = loaded(make_batch(loaded, "image"))
+        sum(out.losses.values()).backward()
+        assert {n for n, p in loaded.named_parameters() if p.grad is not None} == {f"heads.image.{n}" for n in image}
 
 
 def test_blip2_shape_mismatch_names_the_key(assets, model, tmp_path):
@@ -320,55 +400,151 @@ def _converter():
     return module
 
 
-def reference_style(model: RegionBLIP) -> dict[str, torch.Tensor]:
-    """Our trainable tensors renamed as the reference release names them (one shared text projection and
-    temperature, `lora_A_img` suffixes, `Qformer_pc` for the point Q-Former, LoRA-wrapped Linears unwrapped)."""
-    short = {"image": "img", "image_region": "img_region", "pointcloud": "pc", "pointcloud_region": "pc_region"}
+SHORT = {"image": "img", "image_region": "img_region", "pointcloud": "pc", "pointcloud_region": "pc_region"}
+
+
+def _reference_leaf(rest: str) -> str:
+    """`<path>.lora_A.<modality>.weight` -> `<path>.lora_A_<m>`; a LoRA-wrapped Linear's `base_layer` unwrapped."""
+    lora_tensor = re.fullmatch(r"(.+)\.(lora_[AB])\.(\w+)\.weight", rest)
+    if lora_tensor:
+        return f"{lora_tensor[1]}.{lora_tensor[2]}_{SHORT[lora_tensor[3]]}"
+    return rest.replace(".base_layer.", ".")
+
+
+def reference_style(model: RegionBLIP, family: str = "opt") -> dict[str, torch.Tensor]:
+    """The model saved as the reference release is: LAVIS saves the whole state dict minus the parameters that do not
+    train, so tied aliases (cls.predictions.decoder.*, the LLM's tied embeddings) and buffers stay, and its BERT has a
+    position_ids buffer ours lacks; with the reference's names (one shared text projection and temperature,
+    `lora_A_img` suffixes, `Qformer_pc` for the point Q-Former, `{opt,t5}_model`, `{opt,t5}_proj_<m>`)."""
+    params = dict(model.named_parameters())
     out = {}
-    for name, value in model.trainable_state_dict().items():
+    for name, value in model.state_dict().items():
+        if name in params and not params[name].requires_grad:
+            continue
+        top, key, rest = name.split(".", 2) if name.count(".") >= 2 else (*name.split("."), "")
         value = value.clone()
-        parts = name.split(".")
-        if ".lora_" in name:
-            qformer_or_llm = {"blip2": "Qformer", "point": "Qformer_pc"}.get(parts[1]) if parts[0] == "qformers" \
-                else "opt_model"
-            path = ".".join(parts[2:parts.index(parts[-3])]) if parts[0] == "qformers" else ".".join(parts[2:-3])
-            out[f"{qformer_or_llm}.{path}.{parts[-3]}_{short[parts[-2]]}"] = value
-        elif parts[0] == "qformers":
-            out["Qformer_pc." + ".".join(parts[2:]).replace(".base_layer.", ".")] = value
-        elif parts[0] == "encoder_adapters":
-            out[f"pc_adapter.{parts[-1]}"] = value
+        if top == "encoders":
+            out[rest if key == "vision" else f"point_encoder.{rest}"] = value
+        elif top == "qformers":
+            out[f"{ {'blip2': 'Qformer', 'point': 'Qformer_pc'}[key]}.{_reference_leaf(rest)}"] = value
+        elif top == "llm":
+            out[f"{family}_model.{_reference_leaf(rest)}"] = value
+        elif top == "encoder_adapters":
+            out[f"pc_adapter.{rest}"] = value
         else:
-            m, part = short[parts[1]], parts[2]
-            tail = ".".join(parts[3:])
+            m, (part, _, tail) = SHORT[key], rest.partition(".")
             out[{
-                "queries": f"query_tokens_{m}", "temp": "temp", "llm_proj": f"opt_proj_{m}.{tail}",
+                "queries": f"query_tokens_{m}", "temp": "temp", "llm_proj": f"{family}_proj_{m}.{tail}",
                 "vision_proj": f"stage1_proj_{m}.{tail}", "text_proj": f"stage1_proj_text.{tail}",
                 "itm_head": f"{m}_itm_head.{tail}", "reg_head": f"reg_{m}.{tail}",
-                "pafe": f"{m}_posembed.{'.'.join(parts[4:])}",
+                "pafe": f"{m}_posembed.{tail.removeprefix('mlp.')}",
             }[part]] = value
-    out["visual_encoder.cls_token"] = torch.zeros(1)  # frozen parts the converter leaves out
+    for qformer in ("Qformer", "Qformer_pc"):
+        positions = model.cfg.qformers["blip2"].config.max_position_embeddings
+        out[f"{qformer}.bert.embeddings.position_ids"] = torch.arange(positions)[None]
     return out
 
 
-def test_converter_maps_a_reference_checkpoint(assets, tmp_path):
-    data = tiny_model_dict(assets)
-    for m in data["modalities"].values():  # the reference shares one text projection and one temperature
-        m["losses"].pop("itm", None)
+def reference_model(data: dict) -> RegionBLIP:
+    """A model shaped as the reference: one text projection and one temperature shared by all modalities."""
     model = build(data)
     with torch.no_grad():
         shared_text = {k: v.clone() for k, v in model.heads["image"].text_proj.state_dict().items()}
         for heads in model.heads.values():
             heads.text_proj.load_state_dict(shared_text)
             heads.temp.copy_(model.heads["image"].temp)
-    torch.save({"model": reference_style(model)}, tmp_path / "ref.pth")
-    convert = _converter()
-    converted, unmapped = convert.convert_file(tmp_path / "ref.pth", tmp_path / "ours.pth", blip2_image_modality="")
-    assert unmapped == ["visual_encoder.cls_token"]
+    return model
+
+
+def reference_config(assets, family: str = "opt") -> dict:
+    data = tiny_model_dict(assets, family)
+    if family == "t5":
+        data["lora"]["llm"]["target_modules"] = ["q", "v"]  # the reference's T5 LoRA targets
+    for m in data["modalities"].values():  # the reference's ITM head is the image's only
+        m["losses"].pop("itm", None)
+    return data
+
+
+@pytest.mark.parametrize("family", ["opt", "t5"])
+def test_converter_maps_a_reference_checkpoint(assets, tmp_path, family):
+    data = reference_config(assets, family)
+    model = reference_model(data)
+    state = reference_style(model, family)
+    assert {"Qformer_pc.cls.predictions.decoder.bias", "Qformer_pc.cls.predictions.decoder.weight",
+            "Qformer_pc.bert.embeddings.position_ids", f"{family}_proj_img.weight"} <= set(state)
+    torch.save({"model": state}, tmp_path / "ref.pth")
+    result = _converter().convert_file(tmp_path / "ref.pth", tmp_path / "ours.pth", blip2_image_modality="")
+    # only frozen parts stay unmapped (their tied aliases and buffers); nothing of the trainable point Q-Former
+    frozen = ("visual_encoder.", "ln_vision.", "point_encoder.", "Qformer.", f"{family}_model.")
+    assert result.unmapped and all(k.startswith(frozen) and "lora_" not in k for k in result.unmapped)
+    assert not result.dropped
     other = build(data, seed=3)
     other.load_trainable_state_dict(torch.load(tmp_path / "ours.pth", weights_only=True)["model"])
     for name, value in model.trainable_state_dict().items():
         assert torch.equal(dict(other.named_parameters())[name], value), name
-    assert len(converted) == len(model.trainable_state_dict())
+
+
+@pytest.mark.parametrize("trained_image_adapter", [False, True])
+def test_converter_drops_the_blip2_image_path(assets, tmp_path, trained_image_adapter):
+    """The default --blip2-image-modality image drops that modality's tensors (our config keeps BLIP-2's), and warns
+    when its LoRA B is not zero: the reference then trained the image adapter, and dropping it changes the path."""
+    data = reference_config(assets)
+    model = reference_model(data)
+    if trained_image_adapter:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if ".lora_B.image." in name:
+                    p.normal_()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = _converter().convert_state_dict(reference_style(model))
+    assert any("lora_B_img" in str(w.message) for w in caught) == trained_image_adapter
+    assert result.dropped and all(re.search(r"(_img$|_img\.|^img_itm_head\.)", k) for k in result.dropped)
+    assert not any(k.startswith("heads.image.") or ".image." in k for k in result.converted)
+    # the rest loads into a config whose image path is BLIP-2's, frozen and without an adapter
+    torch.save({"model": synthetic_blip2_state(model)}, tmp_path / "blip2.pth")
+    ours = build(blip2_config(assets, tmp_path / "blip2.pth", reference_config(assets)))
+    ours.load_trainable_state_dict(result.converted)
+
+
+def test_converter_refuses_a_broken_tie():
+    convert = _converter()
+    bias = torch.randn(5)
+    state = {"Qformer_pc.cls.predictions.bias": bias, "Qformer_pc.cls.predictions.decoder.bias": bias.clone()}
+    assert set(convert.convert_state_dict(state, "").converted) == {"qformers.point.cls.predictions.bias"}
+    state["Qformer_pc.cls.predictions.decoder.bias"] = bias + 1
+    with pytest.raises(ValueError, match="decoder.bias"):
+        convert.convert_state_dict(state, "")
+
+
+class HostCopies(TorchDispatchMode):
+    """Records every op that takes a host tensor and yields a tensor elsewhere: a host-to-device copy."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        outputs = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
+        if any(t.device.type == "cpu" for t in inputs) and any(t.device.type != "cpu" for t in outputs):
+            self.seen.append(str(func))
+        return out
+
+
+def test_step_tensors_live_on_the_model_device(assets):
+    """The fixed prompt ids move with the model and stay out of checkpoints; the LLM input and the ITM labels are
+    built on the device without a copy from the host (the meta device stands in for a GPU)."""
+    model = build(tiny_model_dict(assets))
+    assert not any("prompt_ids" in k for k in model.state_dict())
+    model.to("meta")
+    assert all(heads.prompt_ids.device.type == "meta" for heads in model.heads.values())
+    with HostCopies() as copies:
+        embeds, _ = model.llm._inputs(torch.zeros(2, 3, model.llm.hidden_size, device="meta"),
+                                      model.heads["image"].prompt_ids)
+        L.matching_loss(torch.zeros(6, 2, device="meta"), 2)
+    assert embeds.device.type == "meta" and copies.seen == []
 
 
 def test_opt_loss_on_caption_logits_equals_full_sequence_loss(model):
@@ -378,7 +554,7 @@ def test_opt_loss_on_caption_logits_equals_full_sequence_loss(model):
     llm = model.llm
     torch.manual_seed(0)
     soft_prompt = torch.randn(batch["llm_target_ids"].shape[0], 3, llm.hidden_size)
-    prompt_ids = model.prompt_ids["image"]
+    prompt_ids = model.heads["image"].prompt_ids
     with lora.active_adapter(llm.model, None):
         ours = llm.loss(soft_prompt, prompt_ids, batch["llm_target_ids"], batch["llm_target_mask"])
         embeds, mask = llm._inputs(soft_prompt, prompt_ids)

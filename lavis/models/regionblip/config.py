@@ -62,7 +62,10 @@ class RegionBLIPConfig:
     embed_dim: int = 256  # ITC projection width
     max_text_len: int = 32  # tokens, for both the Q-Former text and the LLM target
     itc_label_smoothing: float = 0.1
-    freeze_blip2_pretrain: bool = True  # keep BLIP-2's image path (queries, LLM projection, heads) as loaded
+    # Keep BLIP-2's own path as loaded, so it stays BLIP-2's function: every head tensor (queries, LLM and ITC
+    # projections, temperature, ITM head) of each modality with init_from_blip2, no region, lora: false and a frozen
+    # Q-Former; the encoders (ln_vision included) and frozen Q-Formers are frozen regardless.
+    freeze_blip2_pretrain: bool = True
     blip2_checkpoint_path: Optional[str] = None  # a LAVIS BLIP-2 file (torch.load(...)["model"])
     # Random weights everywhere: no checkpoint is read and weight paths need not exist; the LLM is built from the
     # config.json in llm.path (tokenizers are still read). For benchmarks and tests at any size.

@@ -1,6 +1,6 @@
 """The tensors one modality owns: its learnable queries, PaFE (region modalities), LLM projection, ITC projections
-and temperature, ITM head and regression head. Only the parts its enabled losses use are built, so every trainable
-tensor of a modality receives a gradient from that modality's batches."""
+and temperature, ITM head and regression head, and its fixed LLM prompt ids. Only the parts its enabled losses use
+are built, so every trainable tensor of a modality receives a gradient from that modality's batches."""
 
 from __future__ import annotations
 
@@ -25,8 +25,13 @@ class ModalityHeads(nn.Module):
         region_dim: Optional[int],
         pafe_hidden: int,
         losses: dict[str, float],
+        prompt_ids: Tensor,
     ):
         super().__init__()
+        # [1, P]: the LLM prompt (OPT) or prefix (T5) ids. A buffer, so `.to(device)` moves it with the model and the
+        # LLM step finds it on the device (no host-to-device copy per step); not persistent: YAML defines it, so
+        # checkpoints and BLIP-2 files neither hold nor need it.
+        self.register_buffer("prompt_ids", prompt_ids, persistent=False)
         on = {term for term, weight in losses.items() if weight > 0}
         self.queries = nn.Parameter(torch.randn(1, num_queries, width) * 0.02)  # BERT's initializer_range
         self.pafe = PaFE(region_dim, pafe_hidden, width) if region_dim else None

@@ -67,7 +67,9 @@ def sample_hard_negatives(similarity: Tensor, positives: Tensor) -> Tensor:
 
 def matching_loss(logits: Tensor, batch_size: int) -> Tensor:
     """ITM cross-entropy for logits [3B, 2] laid out as (positive pairs, negative images, negative texts)."""
-    labels = torch.cat([torch.ones(batch_size), torch.zeros(2 * batch_size)]).long().to(logits.device)
+    # built where the logits are: a host tensor moved there would be a blocking copy in the middle of the step
+    labels = torch.zeros(3 * batch_size, dtype=torch.long, device=logits.device)
+    labels[:batch_size] = 1
     return F.cross_entropy(logits, labels)
 
 

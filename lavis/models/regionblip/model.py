@@ -28,6 +28,10 @@ from lavis.models.regionblip.text import RegionTextTokenizer
 
 log = logging.getLogger(__name__)
 
+# Key prefixes of the encoder in a LAVIS BLIP-2 file (the file format, not a modality): EVA ViT-g and its ln_vision
+BLIP2_ENCODER_PREFIXES = ("visual_encoder.", "ln_vision.")
+BLIP2_QFORMER_PREFIX = "Qformer."
+
 
 @dataclass
 class QueryFeatures:
@@ -37,6 +41,15 @@ class QueryFeatures:
     encoder_mask: Tensor  # [B, N]
     query_embeds: Tensor  # [B, Q, H] learnable queries (+ PaFE position embedding)
     query_outputs: Tensor  # [B, Q, H] Q-Former outputs at the query positions
+
+
+@dataclass
+class Blip2LoadReport:
+    """What loading a BLIP-2 file did, by part (`encoders.<key>`, `qformers.<key>`, `heads.<modality>`)."""
+
+    missing: dict[str, list[str]]  # part -> its BLIP-2 tensors the file lacks (they keep their BERT / random init)
+    unexpected: dict[str, list[str]]  # part -> file tensors under its prefix that it has no place for
+    unused: dict[str, list[str]]  # top-level module of the file -> keys no part took (e.g. t5_proj under OPT)
 
 
 @MODELS.register("regionblip")
@@ -72,9 +85,13 @@ class RegionBLIP(BaseModel):
         self.llm = build_llm(cfg.llm, lora_names, cfg.lora.llm, random_init=cfg.random_init)
         self.heads = nn.ModuleDict({name: self._build_heads(name) for name in cfg.modalities})
 
-        self.blip2_report: dict[str, list[str]] = {}
+        # BLIP-2's own paths kept as loaded (freeze_blip2_pretrain): nothing of theirs trains
+        self.frozen_blip2_paths = self._blip2_own_paths() if cfg.freeze_blip2_pretrain else []
+        self.blip2_load: Optional[Blip2LoadReport] = None
         if blip2_state is not None:
-            self.blip2_report = self.load_blip2_state(blip2_state, where=str(cfg.blip2_checkpoint_path))
+            self.blip2_load = self.load_blip2_state(blip2_state, where=str(cfg.blip2_checkpoint_path))
+        # {part: missing keys}, the summary callers check
+        self.blip2_report: dict[str, list[str]] = self.blip2_load.missing if self.blip2_load else {}
         self._add_qformer_adapters()
         self._freeze()
 
@@ -92,8 +109,6 @@ class RegionBLIP(BaseModel):
             cfg.llm.family,
             cfg.max_text_len,
         )
-        # the fixed per-modality LLM prompt (OPT) or prefix (T5), tokenized once
-        self.prompt_ids = {name: self._prompt_ids(m.prompt or m.prefix) for name, m in cfg.modalities.items()}
 
     @classmethod
     def from_config(cls, cfg: RegionBLIPConfig) -> RegionBLIP:
@@ -114,11 +129,10 @@ class RegionBLIP(BaseModel):
             region_dim=region_dim(m.region) if m.region else None,
             pafe_hidden=self.cfg.pafe_hidden,
             losses=m.losses,
+            # the fixed LLM prompt (OPT) or prefix (T5), tokenized once. OPT's tokenizer prepends </s>; T5's appends
+            # it: the layouts of lavis.models.llm
+            prompt_ids=self.llm.tokenizer(m.prompt or m.prefix, return_tensors="pt").input_ids,
         )
-
-    def _prompt_ids(self, text: str) -> Tensor:
-        # OPT's tokenizer prepends </s>; T5's appends it: the layouts of lavis.models.llm
-        return self.llm.tokenizer(text, return_tensors="pt").input_ids
 
     def _add_qformer_adapters(self) -> None:
         for key, entry in self.cfg.qformers.items():
@@ -130,16 +144,23 @@ class RegionBLIP(BaseModel):
             elif entry.frozen:
                 self.qformers[key].requires_grad_(False)
 
-    def _blip2_image_paths(self) -> list[str]:
-        """Modalities that are BLIP-2's own image path: initialised from BLIP-2 and without a region."""
-        return [n for n, m in self.cfg.modalities.items() if m.init_from_blip2 and m.region is None]
+    def _blip2_own_paths(self) -> list[str]:
+        """Modalities that are BLIP-2's own path: their heads come from BLIP-2 (init_from_blip2) and they have no
+        region, no adapter of their own and a frozen Q-Former, so with their heads kept as loaded they compute what
+        the BLIP-2 file computes. A modality with an adapter is a new one even when it starts from BLIP-2 (point
+        clouds; the PaFE-off ablation's region modality, which has `region: null`): it trains."""
+        return [
+            name for name, m in self.cfg.modalities.items()
+            if m.init_from_blip2 and m.region is None and not m.lora and self.cfg.qformers[m.qformer].frozen
+        ]
 
     def _freeze(self) -> None:
-        self.encoders.requires_grad_(False)
-        if self.cfg.freeze_blip2_pretrain:
-            for name in self._blip2_image_paths():
-                self.heads[name].queries.requires_grad_(False)
-                self.heads[name].llm_proj.requires_grad_(False)
+        self.encoders.requires_grad_(False)  # BLIP-2's ln_vision included: it is part of the EVA encoder module
+        for name in self.frozen_blip2_paths:
+            # every head, not only the queries and LLM projection: the ITC projections, temperature and ITM head are
+            # BLIP-2's too (its zero-shot retrieval), and stage 2 has no image-text data that could train them, so
+            # the path stays exactly BLIP-2's function and checkpoints do not carry copies of BLIP-2's tensors
+            self.heads[name].requires_grad_(False)
 
     def train(self, mode: bool = True) -> RegionBLIP:
         """Frozen encoders and frozen Q-Formers stay in eval mode (no dropout), as in BLIP-2."""
@@ -151,34 +172,75 @@ class RegionBLIP(BaseModel):
         return self
 
     # ---- BLIP-2 weights -------------------------------------------------------------------------------------------
-    def load_blip2_state(self, state: dict[str, Tensor], where: str) -> dict[str, list[str]]:
-        """Load a LAVIS BLIP-2 state dict into the parts marked `init_from_blip2`; returns the missing keys by part.
-        A shape mismatch is an error naming the key."""
-        report: dict[str, list[str]] = {}
+    def load_blip2_state(self, state: dict[str, Tensor], where: str) -> Blip2LoadReport:
+        """Load a LAVIS BLIP-2 state dict into the parts marked `init_from_blip2`. A shape mismatch is an error naming
+        the key, and so is a path kept frozen by freeze_blip2_pretrain whose queries or LLM projection the file
+        lacks (they would stay random, and frozen). Missing, unexpected and unused keys are logged and returned."""
+        missing: dict[str, list[str]] = {}
+        unexpected: dict[str, list[str]] = {}
+        taken: set[str] = set()  # file keys some part consumed
         for key, entry in self.cfg.encoders.items():
             if entry.init_from_blip2:
-                report[f"encoders.{key}"] = self.encoders[key].load_pretrained(state, f"{where} -> encoders.{key}")[0]
+                part = f"encoders.{key}"
+                missing[part], unexpected[part] = self.encoders[key].load_pretrained(state, f"{where} -> {part}")
+                taken.update(k for k in state if k.startswith(BLIP2_ENCODER_PREFIXES))
         for key, entry in self.cfg.qformers.items():
             if entry.init_from_blip2:
-                missing, _ = self.qformers[key].load_lavis_state_dict(state, where=f"{where} -> qformers.{key}")
-                report[f"qformers.{key}"] = missing
+                part = f"qformers.{key}"
+                missing[part], unexpected[part] = self.qformers[key].load_lavis_state_dict(state, f"{where} -> {part}")
+                taken.update(k for k in state if k.startswith(BLIP2_QFORMER_PREFIX))
+
         llm_proj = "opt_proj" if LLMFamily(self.cfg.llm.family) is LLMFamily.opt else "t5_proj"
+        # file name -> our name in ModalityHeads; a trailing "." renames a whole module
         renames = {"query_tokens": "queries", f"{llm_proj}.": "llm_proj.", "vision_proj.": "vision_proj.",
                    "text_proj.": "text_proj.", "itm_head.": "itm_head.", "temp": "temp"}
+
+        def matches(key: str, prefix: str) -> bool:
+            return key == prefix or (prefix.endswith(".") and key.startswith(prefix))
+
         for name, m in self.cfg.modalities.items():
             if not m.init_from_blip2:
                 continue
+            part = f"heads.{name}"
             own = dict(self.heads[name].state_dict())
-            mapped = {}
+            mapped, source = {}, {}
             for src, dst in renames.items():
                 for k, v in state.items():
-                    if k == src or (src.endswith(".") and k.startswith(src)):
+                    if matches(k, src) and dst + k[len(src):] in own:
                         target = dst + k[len(src):]
-                        if target in own:
-                            mapped[target] = v.reshape(own[target].shape) if k == "temp" else v
-            missing, _ = load_into(self.heads[name], mapped, f"{where} -> heads.{name}")
-            report[f"heads.{name}"] = sorted(set(missing) & {"queries", "llm_proj.weight", "llm_proj.bias"})
-        return report
+                        mapped[target] = v.reshape(own[target].shape) if k == "temp" else v
+                        source[target] = k
+            _, unexpected[part] = load_into(self.heads[name], mapped, f"{where} -> {part}")
+            taken.update(source.values())
+            # the tensors BLIP-2 provides for this modality (PaFE and the regression head never come from it)
+            wanted = {k for k in own if any(matches(k, dst) for dst in renames.values())}
+            missing[part] = sorted(wanted - mapped.keys())
+            if name in self.frozen_blip2_paths:
+                self._check_frozen_path(name, missing[part], where, llm_proj)
+
+        unused: dict[str, list[str]] = {}
+        for k in sorted(set(state) - taken):
+            unused.setdefault(k.split(".")[0], []).append(k)
+        if unused:
+            log.warning("%s: %d tensors no part took, by module: %s", where, sum(map(len, unused.values())),
+                        {top: len(keys) for top, keys in unused.items()})
+        return Blip2LoadReport(missing, unexpected, unused)
+
+    def _check_frozen_path(self, name: str, missing: list[str], where: str, llm_proj: str) -> None:
+        """A frozen BLIP-2 path needs BLIP-2's queries and LLM projection from the file (captioning); its ITC / ITM
+        heads only serve zero-shot retrieval, and a stage-2 BLIP-2 file (OPT / FlanT5) may lack them: a warning."""
+        file_names = {"queries": "query_tokens", "llm_proj.weight": f"{llm_proj}.weight",
+                      "llm_proj.bias": f"{llm_proj}.bias"}
+        for ours, theirs in file_names.items():
+            if ours in missing:
+                raise ValueError(
+                    f"{where}: modality '{name}' is BLIP-2's own path, kept frozen (freeze_blip2_pretrain), but the "
+                    f"file has no '{theirs}' for its {ours}: it would stay random. Use a BLIP-2 file of this LLM "
+                    f"family ({self.cfg.llm.family}), or set freeze_blip2_pretrain: false to train it"
+                )
+        if missing:
+            log.warning("%s: modality '%s' is frozen as BLIP-2's own path but the file lacks %s: they stay as "
+                        "initialised (its zero-shot ITC / ITM features are not BLIP-2's)", where, name, missing)
 
     # ---- forward ------------------------------------------------------------------------------------------------
     def loss_weights(self, modality: str) -> dict[str, float]:
@@ -218,6 +280,11 @@ class RegionBLIP(BaseModel):
 
     def forward(self, batch: dict[str, Any]) -> ModelOutput:
         name = batch["modality"]
+        if name in self.frozen_blip2_paths and self.training and torch.is_grad_enabled():
+            raise ValueError(
+                f"modality '{name}' is BLIP-2's own path, frozen by freeze_blip2_pretrain: nothing of it trains. "
+                "Evaluate it, train other modalities, or set freeze_blip2_pretrain: false"
+            )
         on = self.loss_weights(name)
         heads = self.heads[name]
         heads.clamp_temperature()
@@ -236,7 +303,7 @@ class RegionBLIP(BaseModel):
             if "llm" in on:
                 soft_prompt = heads.llm_proj(feats.query_outputs)
                 losses["llm"] = self.llm.loss(
-                    soft_prompt, self.prompt_ids[name], batch["llm_target_ids"], batch["llm_target_mask"]
+                    soft_prompt, heads.prompt_ids, batch["llm_target_ids"], batch["llm_target_mask"]
                 )
             if "reg" in on:
                 prediction = heads.reg_head(feats.query_outputs.mean(dim=1))
@@ -330,7 +397,7 @@ class RegionBLIP(BaseModel):
         fields of `generation` (num_beams, max_new_tokens, min_new_tokens, repetition_penalty, length_penalty)."""
         gen = dataclasses.replace(self.cfg.generation, **overrides)
         name = batch["modality"]
-        prompt_ids, prompt_mask = self.prompt_ids[name], None
+        prompt_ids, prompt_mask = self.heads[name].prompt_ids, None
         with self._adapter_scope(name):
             feats = self.extract(batch)
             soft_prompt = self.heads[name].llm_proj(feats.query_outputs)
