@@ -98,10 +98,13 @@ class Collator:
 
     The batch keeps `skipped`: the (dataset, sample id, reason) of bad samples dropped from it, so the runner can
     count and report them (workers live in other processes; this is how the report reaches the main one).
+    `pin_memory` stacks the tensors straight into page-locked memory (for a collate in the main process, where no
+    DataLoader pin thread follows it; needs CUDA).
     """
 
     modality: str
     text_tokenizer: Callable[[list[str], str], dict[str, torch.Tensor]] | None
+    pin_memory: bool = False
 
     def __call__(self, items: list) -> dict[str, Any]:
         good = [it for it in items if not isinstance(it, SkippedSample)]
@@ -114,10 +117,19 @@ class Collator:
             if key == "sample_id":
                 continue
             values = [it[key] for it in good]
-            batch[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
+            batch[key] = self._stack(values) if isinstance(values[0], torch.Tensor) else values
         if good and self.text_tokenizer is not None and "text_input" in batch:
-            batch.update(self.text_tokenizer(batch["text_input"], self.modality))
+            tokens = self.text_tokenizer(batch["text_input"], self.modality)
+            batch.update({k: v.pin_memory() if self.pin_memory and isinstance(v, torch.Tensor) else v
+                          for k, v in tokens.items()})
         return batch
+
+    def _stack(self, values: list[torch.Tensor]) -> torch.Tensor:
+        if not self.pin_memory:
+            return torch.stack(values)
+        # the stack's one copy lands in pinned memory (from the CUDA host allocator's cache), not a second copy
+        out = torch.empty((len(values), *values[0].shape), dtype=values[0].dtype, pin_memory=True)
+        return torch.stack(values, out=out)
 
 
 def batch_size_of(batch: dict[str, Any]) -> int:
@@ -193,8 +205,11 @@ class StreamingTrainStream:
 
 def build_streaming_train_stream(
     name: str, dataset: IterableDataset, *, modality: str, batch_size: int, repeat: int, num_workers: int,
-    text_tokenizer,
+    text_tokenizer, pin_memory: bool = False,
 ) -> StreamingTrainStream:
+    """Items from the workers, batches cut and collated in the main process. Of the map-style loader's settings,
+    `pin_memory` applies to the collate (the loader's pin thread would pin single items, which the main process then
+    stacks into unpinned memory), and persistent workers do not apply (see below)."""
     if repeat != 1:
         raise ValueError(f"dataset '{name}' streams (an IterableDataset): repeat must be 1, not {repeat}; the stream "
                          "decides what one epoch reads")
@@ -214,9 +229,12 @@ def build_streaming_train_stream(
         collate_fn=_items,
         # item-level prefetch: keep about two batches in flight over all workers, as batch-level loaders do
         prefetch_factor=max(2, -(-2 * batch_size // num_workers)) if num_workers else None,
-        persistent_workers=False,  # set_epoch changes the dataset; a new iterator per epoch re-reads it
+        # Not persistent: a worker holds the copy of the dataset made when it started, so `set_epoch` on the main
+        # process's dataset reaches only workers started after it; a new iterator per epoch restarts them.
+        persistent_workers=False,
     )
-    return StreamingTrainStream(name, modality, loader, dataset, batch_size, items, Collator(modality, text_tokenizer))
+    return StreamingTrainStream(name, modality, loader, dataset, batch_size, items,
+                                Collator(modality, text_tokenizer, pin_memory=pin_memory))
 
 
 def build_train_stream(
@@ -236,7 +254,8 @@ def build_train_stream(
     """A map-style dataset gets the epoch sampler; an IterableDataset streams (see `StreamingTrainStream`)."""
     if isinstance(dataset, IterableDataset):
         return build_streaming_train_stream(name, dataset, modality=modality, batch_size=batch_size, repeat=repeat,
-                                            num_workers=num_workers, text_tokenizer=text_tokenizer)
+                                            num_workers=num_workers, text_tokenizer=text_tokenizer,
+                                            pin_memory=pin_memory)
     sampler = ShardedEpochSampler(
         len(dataset), repeat=repeat, rank=rank, world_size=world_size, seed=seed, name=name, shuffle=True
     )

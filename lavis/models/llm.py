@@ -9,12 +9,16 @@ adapter (lavis.models.lora). The soft prompt (projected Q-Former outputs) always
 
 from __future__ import annotations
 
+import functools
 import logging
+from contextlib import nullcontext
 from dataclasses import dataclass
 from enum import Enum
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from lavis.models import lora
@@ -40,6 +44,12 @@ class LLMConfig:
     family: LLMFamily = LLMFamily.opt
     path: str = "???"  # local HF directory with the weights and the tokenizer
     dtype: LLMDtype = LLMDtype.bfloat16  # of the frozen base weights; LoRA tensors are kept in float32
+    # Recompute each transformer block's activations in backward instead of keeping them (HF gradient checkpointing,
+    # non-reentrant): less memory per sample, about one more LLM forward per step. Only in training mode.
+    grad_checkpointing: bool = False
+    # random_init only: a directory holding just the architecture's config.json (e.g. configs/hf_configs/opt-2.7b),
+    # built instead of `path`'s; `path` then only needs the tokenizer. The embedding matrix has the config's vocab.
+    config_path: Optional[str] = None
 
 
 @dataclass
@@ -81,9 +91,11 @@ class LanguageModel(nn.Module):
     def _inputs(self, soft_prompt: Tensor, prompt_ids: Tensor,
                 prompt_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """[soft prompt | prompt] embeddings and their attention mask. prompt_ids is [1, P] (one prompt for the
-        batch, mask all ones) or [B, P] with prompt_mask [B, P] (per-sample prompts, padded)."""
+        batch, mask all ones) or [B, P] with prompt_mask [B, P] (per-sample prompts, padded). The ids must already be
+        on the LLM's device (RegionBLIP keeps its fixed prompts there as buffers): moving them here would be a
+        blocking host-to-device copy in every step."""
         batch = soft_prompt.shape[0]
-        prompt = self._embed(prompt_ids.to(soft_prompt.device).expand(batch, -1))
+        prompt = self._embed(prompt_ids.expand(batch, -1))
         embeds = torch.cat([soft_prompt.to(prompt.dtype), prompt], dim=1)
         mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
         if prompt_mask is not None:
@@ -101,7 +113,8 @@ class LanguageModel(nn.Module):
         for i, row in enumerate(rows):
             span = slice(width - len(row), width) if self.family is LLMFamily.opt else slice(0, len(row))
             ids[i, span], mask[i, span] = torch.tensor(row), 1
-        return ids, mask
+        device = self.model.get_input_embeddings().weight.device  # one copy per generate call, not per step
+        return ids.to(device), mask.to(device)
 
     def loss(self, soft_prompt: Tensor, prompt_ids: Tensor, target_ids: Tensor, target_mask: Tensor) -> Tensor:
         """Mean next-token cross-entropy over the target tokens.
@@ -149,13 +162,21 @@ class LanguageModel(nn.Module):
 def build_llm(cfg: LLMConfig, adapter_names: list[str], lora_settings: lora.LoraSettings, *,
               random_init: bool = False) -> LanguageModel:
     """Load the frozen LLM and its tokenizer from `cfg.path` (no network) and add one LoRA adapter per name.
-    `random_init`: build the architecture of `cfg.path`'s config.json with random weights (no weight file needed)."""
+    `random_init`: build the architecture of `cfg.config_path`'s (else `cfg.path`'s) config.json with random weights
+    (no weight file needed)."""
     from transformers import AutoConfig, AutoModelForCausalLM, T5ForConditionalGeneration
 
     family = LLMFamily(cfg.family)
     dtype = getattr(torch, LLMDtype(cfg.dtype).value)
+    if cfg.config_path and not random_init:
+        raise ValueError(f"llm.config_path ({cfg.config_path}) is only for random_init: pretrained weights come with "
+                         f"their own config.json in llm.path ({cfg.path})")
+    tokenizer = load_llm_tokenizer(cfg.path)
     if random_init:
-        config = AutoConfig.from_pretrained(cfg.path, local_files_only=True)
+        config = AutoConfig.from_pretrained(cfg.config_path or cfg.path, local_files_only=True)
+        if len(tokenizer) > config.vocab_size:
+            raise ValueError(f"the tokenizer in {cfg.path} has {len(tokenizer)} tokens, more than the vocab_size "
+                             f"{config.vocab_size} of {cfg.config_path or cfg.path}/config.json")
         if family is LLMFamily.opt:
             model = AutoModelForCausalLM.from_config(config, dtype=dtype)
         else:
@@ -170,5 +191,36 @@ def build_llm(cfg: LLMConfig, adapter_names: list[str], lora_settings: lora.Lora
         for p in model.parameters():
             if p.requires_grad:
                 p.data = p.data.float()  # optimizer state and updates of the small adapters in full precision
+    if cfg.grad_checkpointing:
+        enable_grad_checkpointing(model)
     log.info("LLM %s (%s, %s) with LoRA adapters %s", cfg.path, family.value, dtype, adapter_names)
-    return LanguageModel(cfg, model, load_llm_tokenizer(cfg.path))
+    return LanguageModel(cfg, model, tokenizer)
+
+
+def enable_grad_checkpointing(model: nn.Module) -> None:
+    """HF gradient checkpointing (non-reentrant) whose recompute runs with the LoRA adapter of the forward.
+
+    The model switches adapters per modality in a scope that ends before `backward` (lavis.models.lora), so without
+    this the recompute would run whatever adapter is active then, and the gradients would be of another function.
+    HF gives every checkpointing module (per transformer block in transformers 5; the decoder / stack in 4.x) its own
+    `_gradient_checkpointing_func`; each is replaced by one whose context reads that module's active adapter at
+    forward and re-enters it for the recompute, so a switch touches only that module's LoRA layers."""
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable({"use_reentrant": False})
+    for module in model.modules():
+        if getattr(module, "gradient_checkpointing", False) and hasattr(module, "_gradient_checkpointing_func"):
+            module._gradient_checkpointing_func = functools.partial(
+                torch.utils.checkpoint.checkpoint, use_reentrant=False, context_fn=_forward_adapter_context(module)
+            )
+    # HF (5.x) also hooks the input embeddings so their output requires grad, which only the reentrant checkpoint
+    # needs; here the inputs are `inputs_embeds` from the trainable projection, and the non-reentrant checkpoint
+    # reaches the LoRA tensors without it, so the hook would only add gradients of the prompt / target embeddings.
+    if getattr(model, "_require_grads_hook", None) is not None:
+        model.disable_input_require_grads()
+
+
+def _forward_adapter_context(module: nn.Module):
+    def context_fn():
+        name = lora.get_active_adapter(module)  # called at forward time, once per checkpointed call
+        return nullcontext(), lora.active_adapter(module, name)
+    return context_fn

@@ -8,6 +8,10 @@ CUDA events on GPU), the rest of the forward, backward and optimizer; peak memor
 (torch.utils.flop_counter on one step: forward + backward, the frozen encoder's forward included) and MFU against
 the device's dense peak; caption generation samples/s. A dataset with `feature_cache_dir` makes its modality's
 batches carry `encoder_tokens` read from a feature store, as the feature cache does in training.
+
+`naive=True` runs the same model without the optimisations that have a switch: no feature cache, the frozen encoder
+one sample at a time, fp32 (no autocast, fp32 LLM weights). `find_max_batch` searches the largest per-GPU batch that
+trains without running out of CUDA memory.
 """
 
 from __future__ import annotations
@@ -71,6 +75,9 @@ class ModalityResult:
     flops_per_sample: float
     mfu: Optional[float]
     generate_samples_per_s: Optional[float]
+    # the loss of every train step in order (warm-up, FLOP-counted, then the timed ones): naive and optimised paths
+    # of the same seed must agree on them
+    losses: list[float] = field(default_factory=list)
 
 
 # ---- timing --------------------------------------------------------------------------------------------------
@@ -210,14 +217,15 @@ def _synthetic_store(model: nn.Module, spec: ModalityInputs, folder: Path, rows:
 
 
 def modality_inputs(model: nn.Module, cfg: ResolvedConfig, modality: str, cache_root: Path, batch_size: int,
-                    device: torch.device) -> ModalityInputs:
+                    device: torch.device, use_cache: bool = True) -> ModalityInputs:
+    """How to make `modality`'s batches; with `use_cache` (and the dataset's `feature_cache_dir`) from a store."""
     from lavis.models.regionblip.region import region_dim
 
     m = model.cfg.modalities[modality]
     input_key, shape = input_shape(model, cfg, modality)
     spec = ModalityInputs(modality, input_key, shape, region_dim(m.region) if m.region else None)
     name, builder, _ = _processor_of(cfg, modality)
-    if name is not None and cfg.datasets[name].feature_cache_dir:
+    if use_cache and name is not None and cfg.datasets[name].feature_cache_dir:
         ds = cfg.datasets[name]
         deterministic_processor(builder, name, ds.train_split or ds.eval_split)  # refuse as training would
         rows = 4 * batch_size
@@ -244,11 +252,31 @@ def train_step(model: nn.Module, task: Any, optimizer: torch.optim.Optimizer, ba
 
 
 def count_step_flops(model: nn.Module, task: Any, optimizer: torch.optim.Optimizer, batch: dict,
-                     amp_dtype: Optional[torch.dtype], clock: Clock) -> int:
-    """FLOPs of one train step (forward + backward; the optimizer's elementwise work is not counted)."""
+                     amp_dtype: Optional[torch.dtype], clock: Clock) -> tuple[int, torch.Tensor]:
+    """FLOPs of one train step (forward + backward; the optimizer's elementwise work is not counted), and its loss."""
     with FlopCounterMode(display=False) as counter:
-        train_step(model, task, optimizer, batch, amp_dtype, clock)
-    return counter.get_total_flops()
+        loss = train_step(model, task, optimizer, batch, amp_dtype, clock)
+    return counter.get_total_flops(), loss.detach()
+
+
+@contextmanager
+def per_sample_encoders(model: nn.Module) -> Iterator[None]:
+    """The naive baseline's encoders: each frozen encoder runs its batch one sample at a time (a per-image loop),
+    concatenated back. An instance attribute `forward` shadows the class's, so module hooks (the part timer) still
+    wrap the whole loop; the class's forward comes back on exit."""
+    def one_at_a_time(batched: Callable) -> Callable:
+        def forward(inputs: torch.Tensor) -> torch.Tensor:
+            return torch.cat([batched(inputs[i:i + 1]) for i in range(inputs.shape[0])])
+        return forward
+
+    encoders = list(model.encoders.values())
+    for encoder in encoders:
+        encoder.forward = one_at_a_time(encoder.forward)
+    try:
+        yield
+    finally:
+        for encoder in encoders:
+            del encoder.forward
 
 
 @contextmanager
@@ -274,8 +302,9 @@ def benchmark_modality(model: nn.Module, cfg: ResolvedConfig, spec: ModalityInpu
         return move_to(synthetic_batch(model, spec, batch_size, gen), device)
 
     model.train()
-    train_step(model, task, optimizer, make_batch(), amp_dtype, clock)  # warm-up: lazy init, allocator
-    flops = count_step_flops(model, task, optimizer, make_batch(), amp_dtype, clock)
+    losses = [train_step(model, task, optimizer, make_batch(), amp_dtype, clock).detach()]  # warm-up: lazy init
+    flops, loss = count_step_flops(model, task, optimizer, make_batch(), amp_dtype, clock)
+    losses.append(loss)
     clock.sync()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -287,7 +316,7 @@ def benchmark_modality(model: nn.Module, cfg: ResolvedConfig, spec: ModalityInpu
             data0 = clock.mark()
             batch = make_batch()
             marks: dict[str, Any] = {}
-            train_step(model, task, optimizer, batch, amp_dtype, clock, marks)
+            losses.append(train_step(model, task, optimizer, batch, amp_dtype, clock, marks).detach())
             clock.sync()
             forward = timer.collect()
             fwd_ms = clock.ms(marks["fwd0"], marks["bwd0"])
@@ -318,7 +347,8 @@ def benchmark_modality(model: nn.Module, cfg: ResolvedConfig, spec: ModalityInpu
             gen_rate = generate_steps * batch_size / (time.perf_counter() - start)
     del optimizer
     return ModalityResult(spec.modality, batch_size, spec.store is not None, batch_size / (step_ms / 1000.0),
-                          step_ms, {k: v / steps for k, v in totals.items()}, peak, per_sample, mfu, gen_rate)
+                          step_ms, {k: v / steps for k, v in totals.items()}, peak, per_sample, mfu, gen_rate,
+                          [float(x) for x in losses])  # read after the timed steps: no host sync inside them
 
 
 # ---- whole runs ----------------------------------------------------------------------------------------------
@@ -337,28 +367,132 @@ def pick_device(cfg: ResolvedConfig) -> torch.device:
     return torch.device("cpu")
 
 
-def run_benchmark(cfg_path: str, options: list[str], *, modalities: Optional[list[str]] = None, steps: int = 10,
-                  batch_size: Optional[int] = None, generate_steps: int = 1,
-                  random_init: bool = True) -> list[ModalityResult]:
-    options = list(options) + (["model.random_init=true"] if random_init else [])
-    cfg = load_config(cfg_path, options)
-    device = pick_device(cfg)
-    model = build_model(cfg, device)
-    names = modalities or list(model.cfg.modalities)
-    results = []
-    with tempfile.TemporaryDirectory(prefix="lavis_bench_") as tmp:
-        for modality in names:
-            if modality not in model.cfg.modalities:
-                raise ValueError(f"--modalities: '{modality}' is not one of {list(model.cfg.modalities)}")
-            size = batch_size or _dataset_batch_size(cfg, modality)
-            spec = modality_inputs(model, cfg, modality, Path(tmp), size, device)
-            results.append(benchmark_modality(model, cfg, spec, steps=steps, batch_size=size, device=device,
-                                              generate_steps=generate_steps))
-    del model
+# The naive baseline's switches that are config options: fp32 everywhere (no autocast; fp32 LLM base weights).
+NAIVE_OPTIONS = ("run.amp=fp32", "model.llm.dtype=float32")
+NAIVE_TITLE = "naive: no feature cache, encoder one sample at a time, fp32 (" + " ".join(NAIVE_OPTIONS) + ")"
+
+
+def _load(cfg_path: str, options: list[str], random_init: bool, naive: bool = False) -> ResolvedConfig:
+    options = list(options) + (["model.random_init=true"] if random_init else []) + (list(NAIVE_OPTIONS) if naive
+                                                                                     else [])
+    return load_config(cfg_path, options)
+
+
+def _modalities(model: nn.Module, wanted: Optional[list[str]]) -> list[str]:
+    for modality in wanted or ():
+        if modality not in model.cfg.modalities:
+            raise ValueError(f"--modalities: '{modality}' is not one of {list(model.cfg.modalities)}")
+    return wanted or list(model.cfg.modalities)
+
+
+def _release(model: Optional[nn.Module], device: torch.device) -> None:
+    if model is not None:
+        model.zero_grad(set_to_none=True)
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+def run_benchmark(cfg_path: str, options: list[str], *, modalities: Optional[list[str]] = None, steps: int = 10,
+                  batch_size: Optional[int] = None, generate_steps: int = 1, random_init: bool = True,
+                  naive: bool = False) -> list[ModalityResult]:
+    """Every modality of the configured model; `naive`: the baseline without the switchable optimisations (no
+    feature cache, per-sample encoder, fp32), same weights and batches at the same seed."""
+    cfg = _load(cfg_path, options, random_init, naive)
+    device = pick_device(cfg)
+    model = build_model(cfg, device)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="lavis_bench_") as tmp, \
+            per_sample_encoders(model) if naive else contextlib.nullcontext():
+        for modality in _modalities(model, modalities):
+            size = batch_size or _dataset_batch_size(cfg, modality)
+            spec = modality_inputs(model, cfg, modality, Path(tmp), size, device, use_cache=not naive)
+            results.append(benchmark_modality(model, cfg, spec, steps=steps, batch_size=size, device=device,
+                                              generate_steps=generate_steps))
+    del model
+    _release(None, device)
     return results
+
+
+# ---- largest batch -------------------------------------------------------------------------------------------
+def find_max_batch(step: Callable[[int], Any], *, start: int = 1, limit: int = 1024,
+                   release: Callable[[], None] = lambda: None) -> int:
+    """The largest batch in [1, limit] for which `step(batch)` runs without torch.cuda.OutOfMemoryError (0 if even 1
+    does not): doubles from `start` until the first OOM, then bisects between the last fit and the first OOM.
+    Assumes memory grows with the batch. `release` runs after each OOM, outside the except block (whose traceback
+    would keep the failed step's tensors alive)."""
+    def fits(batch: int) -> bool:
+        try:
+            step(batch)
+            return True
+        except torch.cuda.OutOfMemoryError:
+            pass
+        release()
+        return False
+
+    fit, oom = 0, None  # largest batch known to fit; smallest known to run out of memory
+    batch = max(1, min(start, limit))
+    while oom is None:
+        if not fits(batch):
+            oom = batch
+        elif batch >= limit:
+            return batch
+        else:
+            fit, batch = batch, min(2 * batch, limit)
+    while oom - fit > 1:
+        middle = (fit + oom) // 2
+        if fits(middle):
+            fit = middle
+        else:
+            oom = middle
+    return fit
+
+
+def max_batch_per_modality(cfg_path: str, options: list[str], *, modalities: Optional[list[str]] = None,
+                           start: Optional[int] = None, limit: int = 1024, random_init: bool = True) -> dict[str, int]:
+    """Per modality, the largest per-GPU batch whose train step (forward, backward, AdamW step, as the benchmark
+    runs it) fits in CUDA memory. The optimizer state is created by one batch-1 step first, as every step but a
+    run's first sees it. Refuses a non-CUDA device: only CUDA reports running out of memory as an error to catch."""
+    cfg = _load(cfg_path, options, random_init)
+    device = pick_device(cfg)
+    if device.type != "cuda":
+        raise ValueError(f"find_max_batch needs a CUDA device (it searches for torch.cuda.OutOfMemoryError); this "
+                         f"run's device is {device.type} (run.device={cfg.run.device.value})")
+    model = build_model(cfg, device)
+    found = {}
+    with tempfile.TemporaryDirectory(prefix="lavis_bench_") as tmp:
+        for modality in _modalities(model, modalities):
+            first = start or _dataset_batch_size(cfg, modality)
+            spec = modality_inputs(model, cfg, modality, Path(tmp), first, device)
+            found[modality] = _max_batch(model, cfg, spec, device, start=first, limit=limit)
+            _release(model, device)  # this modality's optimizer state went with _max_batch's frame
+    del model
+    _release(None, device)
+    return found
+
+
+def _max_batch(model: nn.Module, cfg: ResolvedConfig, spec: ModalityInputs, device: torch.device, *, start: int,
+               limit: int) -> int:
+    task = TASKS.get(cfg.run.task)()
+    optimizer = build_optimizer(model, cfg.run.optimizer, cfg.run.lr_schedule.init_lr)
+    amp_dtype = autocast_dtype(device, cfg.run.amp.value)
+    clock = Clock(device)
+    gen = torch.Generator().manual_seed(cfg.run.seed)
+    model.train()
+
+    def step(batch: int) -> None:
+        train_step(model, task, optimizer, move_to(synthetic_batch(model, spec, batch, gen), device), amp_dtype, clock)
+        clock.sync()  # an OOM must surface here, inside find_max_batch's try, not in a later call
+
+    step(1)
+    return find_max_batch(step, start=start, limit=limit, release=lambda: _release(model, device))
+
+
+def format_max_batch(found: dict[str, int], limit: int) -> str:
+    rows = [["modality", "max batch per GPU"]]
+    rows += [[modality, (f">= {batch}" if batch >= limit else str(batch))] for modality, batch in found.items()]
+    return (f"largest train batch per GPU (doubling until torch.cuda.OutOfMemoryError, then bisecting; limit {limit})"
+            f"\n" + _table(rows))
 
 
 def median_runs(runs: list[list[ModalityResult]]) -> list[ModalityResult]:
