@@ -38,6 +38,7 @@ metrics_name() {  # $1: cell -> the metrics file evaluate.py writes for that cel
   case $1 in
     coco) echo coco_caption_test_metrics.json ;; refcoco) echo refcoco_test_metrics.json ;;
     objaverse) echo objaverse_cap3d_test_metrics.json ;; scanrefer) echo scanrefer_val_metrics.json ;;
+    vqav2) echo vqav2_val2014_metrics.json ;;
     *) echo "unknown cell $1" >&2; return 2 ;;
   esac
 }
@@ -57,6 +58,8 @@ link_metrics() {  # $1: group folder, $2: config stem: expose the run's metrics 
   mkdir -p "$1"
   local file
   for file in "$OUT/$2"/*_metrics.json; do
-    [ -e "$file" ] && ln -sfn "$(realpath "$file")" "$1/$2__$(basename "$file")"
+    # No metrics file (a dry run with PYTHON=echo) leaves the unmatched pattern. An `if`, not `[ -e ] && ln`: the
+    # failed test would be the function's status and `set -e` would silently end the calling script.
+    if [ -e "$file" ]; then ln -sfn "$(realpath "$file")" "$1/$2__$(basename "$file")"; fi
   done
 }

@@ -16,7 +16,6 @@ from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
 from lavis.common.caption_metrics import (
     CORENLP_JARS,
-    SPICE_DIR,
     CaptionMetricsConfig,
     coco_caption_scores,
     find_corenlp_jars,
@@ -99,13 +98,18 @@ def test_ground_truth_images_without_result_are_reported(report):
     assert any("1 of 7 ground-truth images have no result" in message for message in report.missing)
 
 
-def test_missing_spice_jars_leave_spice_out_and_say_where(report):
-    if spice_jars_present():
-        pytest.skip("the CoreNLP jars are installed: the missing-SPICE path does not apply")
-    assert "SPICE" not in report.metrics
-    assert {"Bleu_1", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr"} <= set(report.metrics)
-    (message,) = [m for m in report.missing if m.startswith("SPICE not computed")]
-    assert str(SPICE_DIR / "lib" / CORENLP_JARS[0]) in message
+def test_missing_spice_jars_leave_spice_out_and_say_where(report, tmp_path):
+    # corenlp_dir names an empty folder, so the jars are missing wherever this runs (installed ones are not used)
+    empty = tmp_path / "corenlp"
+    empty.mkdir()
+    gt = tmp_path / "captions_gt.json"
+    gt.write_text(json.dumps(GROUND_TRUTH))
+    without = coco_caption_scores(RESULTS, gt, CaptionMetricsConfig(spice=True, corenlp_dir=str(empty)))
+    assert "SPICE" not in without.metrics
+    assert {"Bleu_1", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr"} <= set(without.metrics)
+    assert without.metrics == pytest.approx({k: v for k, v in report.metrics.items() if k != "SPICE"}, abs=1e-12)
+    (message,) = [m for m in without.missing if m.startswith("SPICE not computed")]
+    assert all(str(empty / jar) in message for jar in CORENLP_JARS)  # exactly which files, and where to put them
     assert "run.caption_metrics.corenlp_dir" in message
 
 

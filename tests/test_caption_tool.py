@@ -32,20 +32,36 @@ def first_box(world) -> tuple[str, list[float]]:
     return str(world / "images" / "train2014" / image["file_name"]), [x, y, x + w, y + h]
 
 
-def test_captions_an_image_region_and_point_clouds(tiny_world, capsys, tmp_path):
+def test_captions_an_image_region_and_point_clouds(tiny_world, capsys, tmp_path, monkeypatch):
     options = ["--options", *tiny_demo_options(tiny_world)]
     image, box = first_box(tiny_world)
     text = run_tool(capsys, "--image", image, "--box", *map(str, box), *options)
     assert text.strip()
 
-    # a training run directory as --ckpt: its latest checkpoint is loaded
+    # a training run directory as --ckpt: its latest checkpoint is loaded. The saved weights differ from the ones
+    # the tool builds (the image_region LLM projection is scaled), so only a loaded checkpoint changes the model.
     cfg = load_config(DEMO, tiny_demo_options(tiny_world))
     torch.manual_seed(cfg.run.seed)
-    model = MODELS.get(cfg.model_arch).from_config(cfg.model)
+    model_cls = MODELS.get(cfg.model_arch)
+    state = model_cls.from_config(cfg.model).trainable_state_dict()
+    key = "heads.image_region.llm_proj.weight"
+    state[key] = state[key] * 25.0
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    torch.save({"model": model.trainable_state_dict()}, run_dir / "checkpoint_00000003.pth")
-    assert run_tool(capsys, "--image", image, "--box", *map(str, box), "--ckpt", str(run_dir), *options) == text
+    torch.save({"model": {k: torch.zeros_like(v) for k, v in state.items()}}, run_dir / "checkpoint_00000001.pth")
+    torch.save({"model": state}, run_dir / "checkpoint_00000003.pth")  # the latest: the one to load
+    generating = {}  # the tensor in the model at the moment it generates the caption
+    original_generate = model_cls.generate
+
+    def recording_generate(self, batch, *a, **kw):
+        generating["weight"] = self.heads["image_region"].llm_proj.weight.detach().clone()
+        return original_generate(self, batch, *a, **kw)
+
+    monkeypatch.setattr(model_cls, "generate", recording_generate)
+    assert run_tool(capsys, "--image", image, "--box", *map(str, box), "--ckpt", str(run_dir), *options).strip()
+    assert torch.equal(generating["weight"], state[key])  # the latest checkpoint's perturbed tensor, not the init
+    run_tool(capsys, "--image", image, "--box", *map(str, box), *options)
+    assert torch.equal(generating["weight"] * 25.0, state[key])  # without --ckpt: the initial weights
 
     obj = tiny_world / "objaverse" / "obj00000" / "obj00000.npy"
     assert run_tool(capsys, "--points", str(obj), *options).strip()

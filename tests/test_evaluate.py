@@ -1,6 +1,9 @@
-"""evaluate.py end to end on the toy plugin: one caption per sample, metrics, 1 process == 2 processes."""
+"""evaluate.py end to end on the toy plugin: one caption per sample, metrics, 1 process == 2 processes, and bad
+samples listed, with too many of them stopping the run."""
 
 import json
+
+import pytest
 
 from evaluate import main as evaluate_main
 from tests.conftest import REPO, toy_run_config, write_yaml
@@ -34,3 +37,29 @@ def test_single_and_two_process_evaluation_agree(tmp_path):
     two = tmp_path / "two"
     assert json.loads((two / "set_a_test_captions.json").read_text()) == captions
     assert json.loads((two / "set_a_test_metrics.json").read_text())["metrics"] == metrics["metrics"]
+
+
+def test_bad_samples_are_listed_and_too_many_stop_the_run(tmp_path):
+    from lavis.runners.runner import BadDataError
+
+    data = eval_config(tmp_path, "tolerant")
+    data["datasets"]["set_a"]["bad_every"] = 4  # toy-0, -4, -8, -12: 4 of 16 samples are unreadable
+    data["datasets"]["set_b"]["eval_split"] = "test"  # a clean dataset in the same run, without ground truth
+    data["run"]["max_bad_sample_fraction"] = 0.3
+    evaluate_main(["--cfg-path", str(write_yaml(tmp_path / "tolerant.yaml", data))])
+    out = tmp_path / "tolerant"
+    metrics = json.loads((out / "set_a_test_metrics.json").read_text())
+    assert metrics["samples"] == 12 and metrics["skipped"] == 4 and "CIDEr" in metrics["metrics"]
+    rows = [json.loads(line) for line in (out / "set_a_test_bad_samples.jsonl").read_text().splitlines()]
+    assert sorted(r["sample_id"] for r in rows) == ["toy-0", "toy-12", "toy-4", "toy-8"]
+    assert all(r["reason"] == "unreadable on purpose" for r in rows)
+    assert not (out / "set_b_test_bad_samples.jsonl").exists()
+
+    data["run"].update(max_bad_sample_fraction=0.2, output_dir=str(tmp_path / "strict"))  # 25% > 20%
+    with pytest.raises(BadDataError, match=r"set_a \(test\): 4 of 16 samples were bad \(25\.00% > "
+                                           r"run\.max_bad_sample_fraction = 20\.00%\).*set_a_test_bad_samples\.jsonl"):
+        evaluate_main(["--cfg-path", str(write_yaml(tmp_path / "strict.yaml", data))])
+    strict = tmp_path / "strict"
+    assert not (strict / "set_a_test_metrics.json").exists()  # not scored: the numbers would cover 12 of 16
+    assert (strict / "set_a_test_bad_samples.jsonl").read_text() == (out / "set_a_test_bad_samples.jsonl").read_text()
+    assert json.loads((strict / "set_b_test_metrics.json").read_text())["samples"] == 8  # the others still evaluated

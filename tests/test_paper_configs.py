@@ -1,5 +1,5 @@
 """Every experiment YAML under configs/train and configs/eval loads and validates, and each one sets the model,
-dataset, split and image size of the paper cell its name claims (Tables 1 and 2). No model is built."""
+dataset, split, image size and task of the paper cell its name claims (Tables 1 and 2). No model is built."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ CELLS = {
     "refcoco": ("refcoco", "image_region", "test", 364),
     "objaverse": ("objaverse_cap3d", "pointcloud", "test", None),
     "scanrefer": ("scanrefer", "pointcloud_region", "val", None),
+    "vqav2": ("vqav2", "image", "val2014", 224),  # zero-shot, BLIP-2's VQA image size
 }
 TRAIN_SETS = {"refcoco": "image_region", "objaverse_cap3d": "pointcloud", "scanrefer": "pointcloud_region"}
 TRAIN_DIR = REPO / "configs" / "train"
@@ -100,14 +101,26 @@ def test_eval_config_matches_its_paper_cell(path: Path, weights):
     builder, modality, split, image_size = CELLS[cell]
     cfg = load_config(str(path), weights)
     assert cfg.yaml.model.model_type == llm
-    assert cfg.run.task == "captioning" and cfg.run.output_dir == f"output/eval/{path.stem}"
+    assert cfg.run.output_dir == f"output/eval/{path.stem}"
     [(name, ds)] = cfg.datasets.items()
     assert (ds.builder or name) == builder
     assert (ds.train_split, ds.eval_split) == (None, split)
-    assert ds.eval_gt_file == f"data/gt/{'coco_karpathy' if cell == 'coco' else cell}_{split}.json"
     if image_size is not None:
         assert ds.eval_image.image_size == image_size
         assert cfg.model.encoders["vision"].params["img_size"] == image_size
+    if cell == "vqav2":  # BLIP-2's zero-shot VQA through the frozen image path: no trained checkpoint is read
+        assert cfg.run.task == "vqa" and ds.modality == modality
+        vqa = cfg.builder_of(name)(ds)
+        assert str(vqa.questions_file(split)) == "data/vqav2/v2_OpenEnded_mscoco_val2014_questions.json"
+        assert str(vqa.annotations_file(split)) == "data/vqav2/v2_mscoco_val2014_annotations.json"
+        assert ds.image_root == "data/coco/images/val2014"
+        assert ds.image_pattern.format(split=split, image_id=42) == "COCO_val2014_000000000042.jpg"
+        assert ds.prompt == "Question: {} Short answer:"
+        assert (ds.generation.num_beams, ds.generation.max_new_tokens, ds.generation.length_penalty) == (5, 10, -1.0)
+        assert cfg.model.modalities["image"].lora is False and cfg.run.load_ckpt_path is None
+        return
+    assert cfg.run.task == "captioning"
+    assert ds.eval_gt_file == f"data/gt/{'coco_karpathy' if cell == 'coco' else cell}_{split}.json"
     if kind == "blip2_crop":
         assert ds.modality == "image" and ds.crop_to_box
         assert cfg.model.modalities["image"].lora is False and cfg.run.load_ckpt_path is None

@@ -42,7 +42,9 @@ def model_block(assets) -> dict:
 
 
 def run_block(out: Path, task: str) -> dict:
-    return {"task": task, "output_dir": str(out), "device": "cpu", "num_workers": 0, "tensorboard": False, "seed": 3}
+    # the miniature data holds one deliberately bad sample in 13: tolerated here, reported in the metrics
+    return {"task": task, "output_dir": str(out), "device": "cpu", "num_workers": 0, "tensorboard": False, "seed": 3,
+            "max_bad_sample_fraction": 0.5}
 
 
 def model_like_evaluate(cfg_path: Path) -> RegionBLIP:

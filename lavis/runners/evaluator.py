@@ -3,6 +3,11 @@
 Writes, per dataset, `{name}_{split}_metrics.json` under run.output_dir and logs a metrics table; captioning also
 writes `{name}_{split}_captions.json` (COCO results format).
 
+Bad samples (unreadable, invalid) are skipped, counted in the report's `skipped` and listed with their reasons in
+`{name}_{split}_bad_samples.jsonl`. A dataset with more than `run.max_bad_sample_fraction` of its samples bad is
+not scored (no metrics file: its numbers would describe a different set than the paper's); the other datasets are
+still evaluated, then the run stops with a BadDataError naming every such dataset.
+
 A task evaluates with `eval_step(model, batch) -> [result dict per sample]`. It may also define
 `begin_eval(model, dataset, ds_cfg)` (every rank, once per dataset, before its first batch: e.g. class-name text
 features) and `finish_eval(results, dataset, ds_cfg, stem) -> {report fields}` (rank 0, on the results of all
@@ -24,6 +29,7 @@ from lavis.common.caption_metrics import format_table
 from lavis.common.config import ResolvedConfig
 from lavis.common.registry import TASKS
 from lavis.datasets.loaders import build_eval_loader, move_to
+from lavis.runners.runner import BadDataError
 from lavis.runners.setup import autocast, autocast_dtype, set_up_run
 
 log = logging.getLogger("lavis.evaluator")
@@ -46,7 +52,13 @@ class Evaluator:
 
     def evaluate(self) -> dict[str, dict[str, Any]]:
         self.model.eval()
-        return {name: self._evaluate_one(name) for name in self.eval_sets}
+        reports = {name: self._evaluate_one(name) for name in self.eval_sets}
+        # every rank holds the same gathered counts, so all ranks raise together (no rank waits in a collective)
+        failures = [report["bad_data"] for report in reports.values() if "bad_data" in report]
+        if failures:
+            raise BadDataError("evaluation stopped: " + "; ".join(failures) + ". Fix the data or raise "
+                               "run.max_bad_sample_fraction knowingly.")
+        return reports
 
     def _evaluate_one(self, name: str) -> dict[str, Any]:
         ds_cfg = self.cfg.datasets[name]
@@ -67,15 +79,29 @@ class Evaluator:
         report: dict[str, Any] = {"dataset": name, "split": ds_cfg.eval_split, "modality": ds_cfg.modality,
                                   "model": self.cfg.model_arch, "model_type": self.cfg.yaml.model.model_type,
                                   "samples": len(results), "skipped": len(skipped)}
+        stem = self.output_dir / f"{name}_{ds_cfg.eval_split}"
+        bad_file = stem.with_name(stem.name + "_bad_samples.jsonl")
+        seen, limit = len(results) + len(skipped), self.cfg.run.max_bad_sample_fraction
+        if skipped and len(skipped) > limit * seen:
+            report["bad_data"] = (f"{name} ({ds_cfg.eval_split}): {len(skipped)} of {seen} samples were bad "
+                                  f"({len(skipped) / seen:.2%} > run.max_bad_sample_fraction = {limit:.2%}), not "
+                                  f"scored; the samples and reasons are in {bad_file}")
         if self.dist.is_main:
             for sample_id, reason in skipped:
                 log.warning("eval %s: skipped bad sample %s: %s", name, sample_id, reason)
-            stem = self.output_dir / f"{name}_{ds_cfg.eval_split}"
-            if hasattr(self.task, "finish_eval"):
+            if skipped:
+                with bad_file.open("w") as f:
+                    for sample_id, reason in sorted(skipped):
+                        f.write(json.dumps({"dataset": name, "split": ds_cfg.eval_split, "sample_id": sample_id,
+                                            "reason": reason}) + "\n")
+            if "bad_data" in report:
+                log.error("eval %s", report["bad_data"])
+            elif hasattr(self.task, "finish_eval"):
                 report.update(self.task.finish_eval(results, dataset, ds_cfg, stem))
             else:
                 report.update(self._finish_captions(name, ds_cfg, results, stem))
-            stem.with_name(stem.name + "_metrics.json").write_text(json.dumps(report, indent=1))
+            if "bad_data" not in report:
+                stem.with_name(stem.name + "_metrics.json").write_text(json.dumps(report, indent=1))
         dist_utils.barrier()
         return report
 

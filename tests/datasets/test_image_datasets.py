@@ -13,6 +13,7 @@ import os
 import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -33,7 +34,7 @@ from lavis.processors.image_processors import (
     sample_box_safe_crop,
 )
 from lavis.processors.text_processors import CaptionConfig, CaptionProcessor, clean_caption
-from tools import prepare_eval_coco, prepare_eval_refcoco, prepare_refcoco_flat
+from tools import inspect_dataset, prepare_eval_coco, prepare_eval_refcoco, prepare_refcoco_flat
 from tools import write_region_shards as shards_tool
 
 W, H = 64, 48  # every test image
@@ -189,6 +190,18 @@ def test_crop_moves_box_exactly(monkeypatch):
     white = to_pixels(pixels).mean(0)
     assert white[y1 + 1 : y2 - 1, x1 + 1 : x2 - 1].min() > 230
     assert white[:, x2 + 1 :].max() < 25
+
+
+def test_horizontal_flip_mirrors_box_and_pixels_exactly():
+    image = Image.new("RGB", (200, 100), (0, 0, 0))
+    image.paste((255, 255, 255), (20, 10, 120, 60))
+    pixels, region = BoxImageProcessor(BoxImageConfig(image_size=50, hflip_prob=1.0))(image, [20, 10, 120, 60])
+    # x -> 200 - x swaps the box's x edges: (20, 120) -> (80, 180); y is unchanged
+    assert torch.allclose(region, torch.tensor([80 / 200, 10 / 100, 180 / 200, 60 / 100]))
+    x1, y1, x2, y2 = (region * 50).round().int().tolist()  # (20, 5, 45, 30)
+    white = to_pixels(pixels).mean(0)
+    assert white[y1 + 1 : y2 - 1, x1 + 1 : x2 - 1].min() > 230  # the white box moved with the region
+    assert white[:, : x1 - 1].max() < 25  # where it was before the flip (x 5..30) is now black on its left part
 
 
 def test_random_crops_keep_the_box_and_replay_from_the_seed():
@@ -408,3 +421,26 @@ def test_tools_fail_clearly_on_a_bad_input_path(tmp_path: Path, capsys):
         prepare_refcoco_flat.main(["--refer-root", str(tmp_path), "--out-dir", str(tmp_path / "flat")])
     with pytest.raises(SystemExit, match="--image-root .* is not a folder"):
         shards_tool.main(["--flat-file", missing, "--image-root", str(tmp_path / "no_images"), "--out", str(tmp_path)])
+
+
+def test_inspect_dataset_draws_an_image_with_its_box(refer: Path, tmp_path: Path, capsys):
+    out = tmp_path / "inspect"
+    code = inspect_dataset.main(["--builder", "refcoco", "--options", f"refer_root={refer}",
+                                 f"image_root={refer / 'images' / 'train2014'}", "eval_split=val",
+                                 "eval_image.image_size=96", "--split", "val", "--num", "2", "--out", str(out)])
+    assert code == 0
+    assert "refcoco/val: 2 items" in capsys.readouterr().out
+    # the two val regions (deduplicated), both on the 64 x 48 image 1: boxes xywh (8, 4, 24, 20) and
+    # (30.5, 10, 20, 30) -> x1 y1 x2 y2 in the 96 x 96 drawing
+    expected = {0: (8 / 64 * 96, 4 / 48 * 96, 32 / 64 * 96, 24 / 48 * 96),
+                1: (30.5 / 64 * 96, 10 / 48 * 96, 50.5 / 64 * 96, 40 / 48 * 96)}
+    assert sorted(p.name for p in out.glob("*.png")) == ["refcoco_val_0.png", "refcoco_val_1.png"]
+    for index, (x1, y1, x2, y2) in expected.items():
+        pixels = np.asarray(Image.open(out / f"refcoco_val_{index}.png").convert("RGB"))[:96].astype(int)
+        red = (pixels[..., 0] > 200) & (pixels[..., 1] < 50) & (pixels[..., 2] < 50)  # the box colour, (255, 0, 0)
+        rows, cols = np.nonzero(red)
+        assert abs(cols.min() - x1) <= 1 and abs(cols.max() - x2) <= 1  # the outline lies on the box ...
+        assert abs(rows.min() - y1) <= 1 and abs(rows.max() - y2) <= 1
+        assert red[round(y1) + 1 : round(y2) - 1, round(x1)].mean() > 0.9  # ... along its whole left edge
+        assert red[round(y1), round(x1) + 1 : round(x2) - 1].mean() > 0.9  # ... and top edge
+        assert not red[round(y1) + 4 : round(y2) - 4, round(x1) + 4 : round(x2) - 4].any()  # only the outline

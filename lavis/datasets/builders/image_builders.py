@@ -2,6 +2,8 @@
 
 Each builder's `Config` is its YAML block (`datasets.<name>`), defaults in `DEFAULT_CONFIG`. The training split
 uses `train_image` (augmentation allowed); every other split uses `eval_image` (resize and normalise only).
+Region shards may hold point clouds instead of images (their index says which); those use `train_points` /
+`eval_points`.
 """
 
 from __future__ import annotations
@@ -23,8 +25,15 @@ from lavis.datasets.datasets.refcoco import (
     refer_paths,
     refer_records,
 )
-from lavis.datasets.datasets.region_shards import INDEX_NAME, RegionShardDataset, RegionShardMapDataset
+from lavis.datasets.datasets.region_shards import (
+    INDEX_NAME,
+    RegionShardDataset,
+    RegionShardMapDataset,
+    index_payload,
+    read_index,
+)
 from lavis.processors.image_processors import BoxImageConfig, BoxImageProcessor
+from lavis.processors.point_processors import PointCloudProcessor, PointCloudProcessorConfig
 from lavis.processors.text_processors import CaptionConfig, CaptionProcessor
 
 
@@ -174,6 +183,12 @@ class RegionShardsConfig(DatasetConfig):
     shuffle_buffer: int = 500  # regions held to mix the regions of one image apart
     train_image: BoxImageConfig = field(default_factory=_train_image)
     eval_image: BoxImageConfig = field(default_factory=BoxImageConfig)
+    # point-cloud shards (payload npy): the processor of the points and their box corners. The defaults sample
+    # 8192 points (Objaverse objects); ScanRefer scenes take num_points 40000. Augmentation is off unless set
+    # (the objaverse_cap3d / scanrefer builders' train_processor settings are the paper's).
+    train_points: PointCloudProcessorConfig = field(default_factory=PointCloudProcessorConfig)
+    eval_points: PointCloudProcessorConfig = field(
+        default_factory=lambda: PointCloudProcessorConfig(sampling="stride"))
     text: CaptionConfig = field(default_factory=CaptionConfig)
 
 
@@ -198,11 +213,30 @@ class RegionShardsBuilder(_ImageBuilder):
                                           f"the shard index of split '{split}' (tools/write_region_shards.py)")
         return problems
 
+    def holds_points(self, split: str) -> bool:
+        """Whether the split's shards hold point clouds (else images): what the shard index records."""
+        index_file = self.index_file(split)
+        if not index_file.is_file():
+            raise FileNotFoundError(f"region_shards: {index_file} does not exist; it should be the shard index of "
+                                    f"split '{split}' (tools/write_region_shards.py)")
+        return index_payload(read_index(index_file)) == "npy"
+
+    def input_processor_config(self, split: str) -> tuple[str, BoxImageConfig | PointCloudProcessorConfig]:
+        """(key in this dataset's YAML block, config) of the processor that makes the encoder's input of `split`."""
+        kind = "points" if self.holds_points(split) else "image"
+        key = f"train_{kind}" if self.is_train(split) else f"eval_{kind}"
+        return key, getattr(self.cfg, key)
+
     def build(self, split: str) -> Dataset:
-        image_processor, text_processor = self.processors(split)
+        _, input_cfg = self.input_processor_config(split)
+        if isinstance(input_cfg, PointCloudProcessorConfig):
+            input_processor = PointCloudProcessor(input_cfg)
+        else:
+            input_processor = BoxImageProcessor(input_cfg)
+        text_processor = CaptionProcessor(self.cfg.text)
         if self.cfg.access == "random":
-            return RegionShardMapDataset(self.index_file(split), image_processor, text_processor)
+            return RegionShardMapDataset(self.index_file(split), input_processor, text_processor)
         train = self.is_train(split)
-        return RegionShardDataset(self.index_file(split), image_processor, text_processor,
+        return RegionShardDataset(self.index_file(split), input_processor, text_processor,
                                   name=f"region_shards/{split}", seed=self.cfg.seed, shuffle=train,
                                   shuffle_buffer=self.cfg.shuffle_buffer if train else 0)
