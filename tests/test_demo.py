@@ -1,12 +1,17 @@
-"""The demo's pieces that run fast: its configs agree on the encoders the stage-0 tool pretrains, and stage 1's
-export (tools/export_blip2_checkpoint.py) reloads into stage 2 as a frozen, identical BLIP-2 image path.
-(Running `run_scripts/demo.sh --quick` in the suite is open work of the demo issue.)"""
+"""The demo: `run_scripts/demo.sh --quick` end to end shows what the full demo shows (learning on every modality,
+PaFE beating PaFE off on the region modalities, a BLIP-2 image path that stage 2 leaves unchanged); and its fast
+pieces: the configs agree on the encoders the stage-0 tool pretrains, and stage 1's export
+(tools/export_blip2_checkpoint.py) reloads into stage 2 as a frozen, identical BLIP-2 image path."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
+from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
@@ -63,3 +68,31 @@ def test_blip2_export_round_trip(tiny_world, tmp_path):
     assert not second.heads["image"].queries.requires_grad
     assert not any(p.requires_grad for n, p in second.qformers["blip2"].named_parameters() if "lora" not in n)
 
+
+
+@pytest.mark.slow
+def test_quick_demo_shows_learning_pafe_and_a_preserved_image_path(tmp_path):
+    """The shortened demo, as a user runs it (its own data, assets and runs under DEMO_DIR)."""
+    env = {**os.environ, "DEMO_DIR": str(tmp_path), "VENV": str(Path(sys.executable).parent.parent)}
+    done = subprocess.run(["bash", str(REPO / "run_scripts" / "demo.sh"), "--quick"], env=env, capture_output=True,
+                          text=True, timeout=1500)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "what the demo must show" in done.stdout
+
+    sys.path.insert(0, str(REPO / "tools"))
+    from demo_report import report
+
+    result = report(tmp_path / "output" / "demo")
+    checks = {(c["check"], c["dataset"]): c for c in result["checks"]}
+    region_sets = {"refcoco_test", "scanrefer_val"}
+    for dataset in ("coco_test", "objaverse_test", "refcoco_test", "scanrefer_val"):
+        learned = checks[("learned", dataset)]
+        # the image caption's language prior alone scores ~100 CIDEr on the formulaic captions: 2x there, 3x for the
+        # modalities stage 2 adds (the issue's aim)
+        ratio = 2.0 if dataset == "coco_test" else 3.0
+        assert learned["trained"] >= ratio * learned["untrained"] and learned["trained"] >= learned["untrained"] + 0.5
+        assert result["distinct_captions"]["after_stage2"][dataset] > 1  # captions follow the input
+    for dataset in region_sets:
+        assert checks[("pafe", dataset)]["ok"], checks[("pafe", dataset)]
+    assert {ds for check, ds in checks if check == "pafe"} == region_sets
+    assert checks[("image path", "coco_test")]["ok"]

@@ -46,7 +46,9 @@ def make_image(rng: np.random.Generator) -> tuple[Image.Image, list[dict]]:
     draw = ImageDraw.Draw(image)
     shapes = []
     half = IMAGE_SIZE // 2
-    for where in rng.choice(list(CELLS), size=rng.integers(2, 4), replace=False):
+    cells = rng.choice(list(CELLS), size=rng.integers(2, 4), replace=False)
+    # in reading order, so the image caption names the shapes in an order the image determines
+    for where in sorted(cells, key=list(CELLS).index):
         cx, cy = CELLS[where]
         size_word = str(rng.choice(["small", "large"]))
         side = rng.uniform(12, 18) if size_word == "small" else rng.uniform(30, 40)
