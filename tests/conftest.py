@@ -39,6 +39,17 @@ def write_yaml(path: Path, data: dict) -> Path:
 
 
 @pytest.fixture
+def one_thread():
+    """For bit-for-bit comparisons: multi-threaded BLAS may round differently (1 ulp) when a buffer moves."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def toy_config(tmp_path):
     return toy_run_config(tmp_path)
 

@@ -13,14 +13,6 @@ from lavis.models.tiny_assets import write_tiny_opt, write_tiny_t5
 WRITERS = {"opt": (write_tiny_opt, ["q_proj", "v_proj"]), "t5": (write_tiny_t5, ["q", "v"])}
 
 
-@pytest.fixture
-def one_thread():
-    # bit-for-bit comparisons: multi-threaded BLAS may split a reduction differently between two runs
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _loss_and_grads(family: str, path, checkpointing: bool):
     writer, targets = WRITERS[family]

@@ -96,14 +96,6 @@ def all_adapter_params(model: nn.Module, names=("a", "b")) -> dict[str, nn.Param
     return {k: v for name in names for k, v in adapter_parameters(model, name).items()}
 
 
-@pytest.fixture
-def one_thread():
-    # multi-threaded BLAS may round differently (1 ulp) when a weight's buffer moves; "bit for bit" needs one thread
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.mark.parametrize("kind", MODELS)
 def test_adapters_start_as_identity_and_train_independently(kind, one_thread):

@@ -37,14 +37,6 @@ def assets(tmp_path_factory):
     return write_tiny_assets(tmp_path_factory.mktemp("tiny_assets"))
 
 
-@pytest.fixture
-def one_thread():
-    # multi-threaded BLAS may round differently (1 ulp) when a weight's buffer moves; "bit for bit" needs one thread
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def tiny_model_dict(assets, family: str = "opt") -> dict:
     data = OmegaConf.to_container(OmegaConf.load(CONFIG_ROOT / RegionBLIP.DEFAULT_CONFIGS["tiny"]))["model"]
