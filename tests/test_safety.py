@@ -10,6 +10,7 @@ import torch
 from lavis.common.checkpoint import CheckpointWriteError, latest_checkpoint, load_checkpoint, save_atomic
 from lavis.common.checkpoint_io import read_state_dict
 from lavis.common.safe_pickle import UnsafePickleError, load_pickle
+from lavis.datasets.annotation_io import AnnotationError, parsing
 
 
 class WritesAFile:
@@ -41,6 +42,24 @@ def test_data_pickle_with_code_is_refused(tmp_path):
     with pytest.raises(UnsafePickleError, match="posix.system|os.system"):
         load_pickle(path)
     assert not target.exists()
+
+
+def test_every_one_byte_damage_of_a_data_pickle_is_a_clear_error(tmp_path):
+    """Each byte of a small refs pickle set to several values: the read succeeds or fails naming the file, never with
+    the unpickler's own MemoryError / SystemError (a corrupt length field, a corrupt buffer opcode)."""
+    refs = [{"ref_id": i, "image_id": i, "sentences": [{"sent": "small red circle at the top left"}]} for i in range(3)]
+    data = pickle.dumps(refs, protocol=2)
+    path = tmp_path / "refs(unc).p"
+    for i in range(len(data)):
+        for value in (0x00, 0x7F, 0x95, 0xFF):
+            damaged = bytearray(data)
+            damaged[i] = value
+            path.write_bytes(bytes(damaged))
+            try:
+                with parsing(path, "a refer pickle"):
+                    load_pickle(path)
+            except (AnnotationError, UnsafePickleError) as e:
+                assert str(path) in str(e)
 
 
 def test_failed_write_keeps_previous_checkpoint_and_names_the_path(tmp_path, monkeypatch):

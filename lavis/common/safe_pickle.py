@@ -39,11 +39,23 @@ class _RestrictedUnpickler(pickle.Unpickler):
         )
 
 
+# A damaged stream can make the unpickler itself fail: a corrupt length field asks for a huge buffer (MemoryError),
+# a corrupt opcode sequence trips CPython's buffer checks (SystemError) or nests without end (RecursionError).
+_DAMAGED_STREAM_ERRORS = (MemoryError, SystemError, OverflowError, RecursionError)
+
+
+def _load(file, source: str) -> Any:
+    try:
+        return _RestrictedUnpickler(file, source).load()
+    except _DAMAGED_STREAM_ERRORS as e:
+        raise pickle.UnpicklingError(f"{source}: damaged pickle stream ({type(e).__name__}: {e})") from None
+
+
 def load_pickle(path: str | Path) -> Any:
     path = Path(path)
     with path.open("rb") as f:
-        return _RestrictedUnpickler(f, str(path)).load()
+        return _load(f, str(path))
 
 
 def loads_pickle(data: bytes, source: str = "<bytes>") -> Any:
-    return _RestrictedUnpickler(io.BytesIO(data), source).load()
+    return _load(io.BytesIO(data), source)
