@@ -75,6 +75,7 @@ class RunConfig:
     tensorboard: bool = True
     dist_timeout_s: int = 1800
     caption_metrics: CaptionMetricsConfig = field(default_factory=CaptionMetricsConfig)  # evaluation scoring
+    compile: bool = False  # torch.compile each transformer block / Q-Former layer (lavis/common/compile.py)
 
 
 @dataclass

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from lavis.common.compile import apply_run_compile
 from lavis.common.config import ResolvedConfig, load_config
 from lavis.common.metric_log import peak_memory_mb
 from lavis.common.optim import build_optimizer
@@ -357,7 +358,7 @@ def build_model(cfg: ResolvedConfig, device: torch.device) -> nn.Module:
     # on GPU, parameters are created (and randomly initialised) there directly: minutes faster for a 7B LLM
     with torch.device(device) if device.type == "cuda" else contextlib.nullcontext():
         model = MODELS.get(cfg.model_arch).from_config(cfg.model)
-    return model.to(device)
+    return apply_run_compile(model.to(device), cfg.run.compile)  # as set_up_run does: run.compile=true compiles
 
 
 def pick_device(cfg: ResolvedConfig) -> torch.device:

@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 
 from lavis.common import dist as dist_utils
 from lavis.common.checkpoint import latest_checkpoint, load_checkpoint, remove_stale_temporaries
+from lavis.common.compile import apply_run_compile
 from lavis.common.config import ResolvedConfig, RunConfig, check_dataset_paths, save_config
 from lavis.common.config_schema import ConfigError
 from lavis.common.metric_log import setup_logging
@@ -120,8 +121,8 @@ def set_up_run(
     from lavis.runners.features import attach_feature_caches  # imported here: it uses this module's autocast
 
     builders = attach_feature_caches(cfg, builders, model, info.device)  # datasets with feature_cache_dir
-    return RunSetup(dist=info, output_dir=output_dir, builders=builders, model=model.to(info.device),
-                    resume_from=resume_from)
+    model = apply_run_compile(model.to(info.device), run.compile)  # after the move; names and state_dict unchanged
+    return RunSetup(dist=info, output_dir=output_dir, builders=builders, model=model, resume_from=resume_from)
 
 
 def autocast_dtype(device: torch.device, amp: str) -> torch.dtype | None:
