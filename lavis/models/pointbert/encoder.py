@@ -26,7 +26,7 @@ from torch.utils.checkpoint import checkpoint
 
 from lavis.common.checkpoint_io import load_into, read_state_dict
 from lavis.common.registry import ENCODERS
-from lavis.models.pointbert.sampling import group_points
+from lavis.models.pointbert.sampling import FPS_BACKENDS, group_points, require_triton
 
 _WRAPPER_KEYS = ("state_dict", "base_model", "model")
 _ENCODER_PREFIXES = ("point_encoder.", "base_model.", "transformer_q.")
@@ -44,6 +44,9 @@ class PointBertConfig:
     mlp_ratio: float = 4.0
     checkpoint_path: Optional[str] = None
     grad_checkpointing: bool = False
+    # farthest-point sampling: "torch" (per-centre Python loop) or "triton" (opt-in fused kernel on CUDA, falls
+    # back to torch elsewhere; not yet timed on a GPU, hence not the default). See sampling.py.
+    fps_backend: str = "torch"
 
 
 class GroupEmbedding(nn.Module):
@@ -112,6 +115,11 @@ class PointBert(nn.Module):
         super().__init__()
         if cfg.in_channels < 3:
             raise ValueError(f"in_channels must include xyz (>= 3), got {cfg.in_channels}")
+        if cfg.fps_backend not in FPS_BACKENDS:
+            raise ValueError(f"pointbert fps_backend must be one of {FPS_BACKENDS}, got {cfg.fps_backend!r}")
+        if cfg.fps_backend == "triton":
+            require_triton()  # fail at build time, not at the first CUDA forward
+        self.fps_backend = cfg.fps_backend
         self.in_channels = cfg.in_channels
         self.num_groups = cfg.num_groups
         self.group_size = cfg.group_size
@@ -148,7 +156,7 @@ class PointBert(nn.Module):
     def forward(self, points: torch.Tensor) -> torch.Tensor:
         if points.shape[-1] != self.in_channels:
             raise ValueError(f"expected points [B, P, {self.in_channels}], got {tuple(points.shape)}")
-        groups, centres = group_points(points, self.num_groups, self.group_size)
+        groups, centres = group_points(points, self.num_groups, self.group_size, self.fps_backend)
         tokens = self.reduce_dim(self.encoder(groups))
         batch = tokens.shape[0]
         x = torch.cat([self.cls_token.expand(batch, -1, -1), tokens], dim=1)

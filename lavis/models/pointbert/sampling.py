@@ -2,26 +2,48 @@
 
 Replaces the CUDA extensions (`pointnet2_ops.furthest_point_sample`, `knn_cuda`) of the reference code.
 Distances are always computed in fp32 with autocast off, so neighbour choice does not depend on the AMP dtype.
+
+Farthest-point sampling has two backends, chosen by the encoder's `fps_backend`:
+  * "torch" (default): a Python loop over the S centres, each step batched (~4 kernel launches per centre on GPU);
+  * "triton" (opt-in): one Triton program per cloud runs the whole loop with the points held in registers. It is
+    used for CUDA tensors with at most `TRITON_FPS_MAX_POINTS` points (fp16 / bf16 / fp32 input); anything else
+    (CPU, fp64, larger clouds) takes the torch path. Same indices as torch (start at point 0, fp32 squared
+    distances summed as dx*dx + dy*dy + dz*dz without FMA contraction, ties to the lowest index); tested on CPU
+    with Triton's interpreter only. The default stays "torch" until the kernel has been checked and timed on a GPU.
+Triton is imported only when the triton backend is asked for.
 """
 
 from __future__ import annotations
 
 import torch
 
+FPS_BACKENDS = ("torch", "triton")
+TRITON_FPS_MAX_POINTS = 16384  # BLOCK (next power of two >= points) must fit one program's registers
+
 
 def _fp32(t: torch.Tensor) -> torch.Tensor:
     return t.float() if t.dtype != torch.float64 else t
 
 
-def farthest_point_sample(xyz: torch.Tensor, num_samples: int) -> torch.Tensor:
+def check_fps_backend(backend: str) -> None:
+    if backend not in FPS_BACKENDS:
+        raise ValueError(f"fps_backend must be one of {FPS_BACKENDS}, got {backend!r}")
+
+
+def farthest_point_sample(xyz: torch.Tensor, num_samples: int, backend: str = "torch") -> torch.Tensor:
     """Indices [B, S] of `num_samples` points of `xyz` [B, P, 3], each the farthest from those already chosen.
 
     Starts from point 0 of every cloud, as `pointnet2_ops.furthest_point_sample` does, so results are deterministic.
-    The loop runs over samples; each step is vectorised over the batch and the points.
+    `backend` "torch": the loop runs over samples, each step vectorised over the batch and the points. "triton":
+    the fused kernel where it applies (see module docstring), else the torch path.
     """
+    check_fps_backend(backend)
     batch, num_points, _ = xyz.shape
     if num_samples > num_points:
         raise ValueError(f"cannot sample {num_samples} centres from {num_points} points")
+    if (backend == "triton" and xyz.is_cuda and xyz.dtype != torch.float64 and num_points <= TRITON_FPS_MAX_POINTS
+            and batch > 0 and num_samples > 0):
+        return farthest_point_sample_triton(xyz, num_samples)
     with torch.no_grad(), torch.autocast(device_type=xyz.device.type, enabled=False):
         xyz = _fp32(xyz)
         chosen = torch.empty(batch, num_samples, dtype=torch.long, device=xyz.device)
@@ -33,6 +55,79 @@ def farthest_point_sample(xyz: torch.Tensor, num_samples: int) -> torch.Tensor:
             centre = xyz[rows, farthest].unsqueeze(1)  # [B, 1, 3]
             nearest_chosen = torch.minimum(nearest_chosen, (xyz - centre).square().sum(-1))
             farthest = nearest_chosen.argmax(dim=-1)
+    return chosen
+
+
+_TRITON_FPS_KERNEL = None
+
+
+def require_triton():
+    """Import and return `triton`, with an error naming the setting when it is not installed."""
+    try:
+        import triton
+    except ImportError as err:
+        raise ImportError("fps_backend 'triton' needs the `triton` package (pip install triton); "
+                          "or set fps_backend: torch") from err
+    return triton
+
+
+def _triton_fps_kernel():
+    """The Triton FPS kernel, defined on first use so that triton is imported only for the triton backend."""
+    global _TRITON_FPS_KERNEL
+    if _TRITON_FPS_KERNEL is not None:
+        return _TRITON_FPS_KERNEL
+    triton = require_triton()
+    import triton.language as tl
+
+    @triton.jit
+    def fps_kernel(xyz_ptr, out_ptr, num_points, num_samples, stride_b, stride_p, stride_c,
+                   BLOCK: tl.constexpr):
+        cloud = tl.program_id(0).to(tl.int64)
+        offs = tl.arange(0, BLOCK)
+        valid = offs < num_points
+        base = xyz_ptr + cloud * stride_b
+        x = tl.load(base + offs * stride_p, mask=valid, other=0.0).to(tl.float32)
+        y = tl.load(base + offs * stride_p + stride_c, mask=valid, other=0.0).to(tl.float32)
+        z = tl.load(base + offs * stride_p + 2 * stride_c, mask=valid, other=0.0).to(tl.float32)
+        # padding lanes hold -1 so they never win the argmax (real distances are >= 0)
+        nearest = tl.where(valid, float("inf"), -1.0)
+        out = out_ptr + cloud * num_samples
+        farthest = tl.program_id(0) * 0  # int32 scalar 0: start at point 0
+        for i in range(num_samples):
+            tl.store(out + i, farthest.to(tl.int64))
+            centre = base + farthest.to(tl.int64) * stride_p
+            cx = tl.load(centre).to(tl.float32)
+            cy = tl.load(centre + stride_c).to(tl.float32)
+            cz = tl.load(centre + 2 * stride_c).to(tl.float32)
+            dx = x - cx
+            dy = y - cy
+            dz = z - cz
+            nearest = tl.minimum(nearest, dx * dx + dy * dy + dz * dz)
+            farthest = tl.argmax(nearest, axis=0, tie_break_left=True)
+
+    _TRITON_FPS_KERNEL = (triton, fps_kernel)
+    return _TRITON_FPS_KERNEL
+
+
+def farthest_point_sample_triton(xyz: torch.Tensor, num_samples: int) -> torch.Tensor:
+    """The triton backend of `farthest_point_sample` on any device Triton can run on (CUDA, or CPU tensors under
+    TRITON_INTERPRET=1); no fallback. Indices [B, S] int64, identical to the torch path for fp16/bf16/fp32 input."""
+    batch, num_points, _ = xyz.shape
+    if num_samples > num_points:
+        raise ValueError(f"cannot sample {num_samples} centres from {num_points} points")
+    if num_points > TRITON_FPS_MAX_POINTS:
+        raise ValueError(f"triton FPS holds at most {TRITON_FPS_MAX_POINTS} points per cloud, got {num_points}")
+    if xyz.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise TypeError(f"triton FPS takes fp16 / bf16 / fp32 points, got {xyz.dtype}")
+    chosen = torch.empty(batch, num_samples, dtype=torch.long, device=xyz.device)
+    if batch == 0 or num_samples == 0:
+        return chosen
+    triton, kernel = _triton_fps_kernel()
+    block = max(triton.next_power_of_2(num_points), 16)
+    num_warps = 16 if block >= 8192 else 8 if block >= 2048 else 4
+    # no FMA contraction: dx*dx + dy*dy + dz*dz rounds like torch's separate square and sum
+    kernel[(batch,)](xyz, chosen, num_points, num_samples, xyz.stride(0), xyz.stride(1), xyz.stride(2),
+                     BLOCK=block, num_warps=num_warps, enable_fp_fusion=False)
     return chosen
 
 
@@ -54,14 +149,16 @@ def gather_points(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return values[rows, index]
 
 
-def group_points(points: torch.Tensor, num_groups: int, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def group_points(points: torch.Tensor, num_groups: int, group_size: int,
+                 fps_backend: str = "torch") -> tuple[torch.Tensor, torch.Tensor]:
     """Split clouds [B, P, 3 + F] into `num_groups` neighbourhoods of `group_size` points.
 
-    Geometry uses xyz only. Returns (groups [B, G, K, 3 + F] with xyz relative to the centre and the extra
+    Geometry uses xyz only; `fps_backend` picks the farthest-point sampling backend (see module docstring).
+    Returns (groups [B, G, K, 3 + F] with xyz relative to the centre and the extra
     features such as rgb unchanged, centres [B, G, 3]).
     """
     xyz = points[..., :3]
-    centres = gather_points(xyz, farthest_point_sample(xyz, num_groups))
+    centres = gather_points(xyz, farthest_point_sample(xyz, num_groups, fps_backend))
     neighbours = gather_points(points, knn_indices(xyz, centres, group_size))  # [B, G, K, 3 + F]
     relative_xyz = neighbours[..., :3] - centres.unsqueeze(2)
     return torch.cat([relative_xyz, neighbours[..., 3:]], dim=-1), centres
