@@ -3,6 +3,7 @@ counted skip of the sample; never a bare traceback from deep inside a parser, ne
 
 import shutil
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -84,3 +85,24 @@ def test_damaged_files_fail_clearly_or_are_skipped(world, target, how, fraction,
     finally:
         path.write_bytes(original)
 
+
+
+@pytest.mark.parametrize("kind", ["npy", "npz", "npz_compressed"])
+def test_every_one_byte_damage_of_an_array_file_is_a_clear_error(tmp_path, kind):
+    """Each byte of a small point file set to several values: load_array returns an array or raises ValueError
+    naming the file, never numpy's own SyntaxError / TokenError (a damaged header is parsed as a literal)."""
+    from lavis.datasets.annotation_io import load_array
+
+    path = tmp_path / f"cloud.{kind[:3]}"
+    cloud = np.arange(24, dtype=np.float32).reshape(4, 6)
+    {"npy": np.save, "npz": np.savez, "npz_compressed": np.savez_compressed}[kind](path, cloud)
+    data = path.read_bytes()
+    for i in range(0, len(data), 1 if kind == "npy" else 3):
+        for value in (0x00, 0x0A, 0x28, 0xFF):
+            damaged = bytearray(data)
+            damaged[i] = value
+            path.write_bytes(bytes(damaged))
+            try:
+                load_array(path)
+            except ValueError as e:
+                assert str(path) in str(e)

@@ -3,6 +3,8 @@
 import errno
 import os
 import pickle
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -60,6 +62,20 @@ def test_every_one_byte_damage_of_a_data_pickle_is_a_clear_error(tmp_path):
                     load_pickle(path)
             except (AnnotationError, UnsafePickleError) as e:
                 assert str(path) in str(e)
+
+
+def test_a_huge_memo_index_allocates_nothing(tmp_path):
+    """A one-byte-damaged LONG_BINPUT index of 2**31 - 1: C's unpickler sizes its memo table from it (16 GB, zeroed);
+    the reader must not. Run with 1 GiB of address space to spare, in a child process, so a regression fails cleanly."""
+    path = tmp_path / "refs(unc).p"
+    path.write_bytes(b"\x80\x02]r\xff\xff\xff\x7f.")  # PROTO 2, EMPTY_LIST, LONG_BINPUT 2**31 - 1, STOP
+    code = ("import resource, sys\n"
+            "from lavis.common.safe_pickle import load_pickle\n"
+            "used = int(open('/proc/self/statm').read().split()[0]) * resource.getpagesize()\n"
+            "resource.setrlimit(resource.RLIMIT_AS, (used + (1 << 30), used + (1 << 30)))\n"
+            "print(load_pickle(sys.argv[1]))")
+    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr[-2000:]
 
 
 def test_failed_write_keeps_previous_checkpoint_and_names_the_path(tmp_path, monkeypatch):

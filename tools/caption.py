@@ -27,7 +27,7 @@ from lavis.common.checkpoint import load_checkpoint
 from lavis.common.config import ResolvedConfig, load_config
 from lavis.common.config_schema import ConfigError
 from lavis.common.registry import MODELS
-from lavis.datasets.datasets.objaverse import load_point_array
+from lavis.datasets.annotation_io import load_array
 from lavis.datasets.datasets.refcoco import box_pixel_bounds
 from lavis.datasets.datasets.scanrefer import read_ply_vertices
 from lavis.datasets.loaders import Collator
@@ -105,7 +105,7 @@ def point_item(cfg: ResolvedConfig, args: argparse.Namespace, region: Optional[s
         raise ValueError(f"--points {args.points}: use a {', '.join(POINT_SUFFIXES)} file")
     if not args.points.is_file():
         raise ValueError(f"--points {args.points}: no such file")
-    array = read_ply_vertices(args.points) if args.points.suffix == ".ply" else load_point_array(args.points)
+    array = read_ply_vertices(args.points) if args.points.suffix == ".ply" else load_array(args.points)
     if region is not None and region != "box3d_corners":
         raise ValueError(f"modality '{args.modality}' expects a '{region}' region; --box3d gives box3d_corners")
     if (region is None) != (args.box3d is None):

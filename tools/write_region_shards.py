@@ -31,6 +31,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from lavis.datasets.annotation_io import load_array
 from lavis.datasets.base import BadSampleError
 from lavis.datasets.builders.point_builders import (
     ObjaverseCap3DBuilder,
@@ -39,7 +40,6 @@ from lavis.datasets.builders.point_builders import (
     ScanReferConfig,
 )
 from lavis.datasets.datasets.coco_caption import karpathy_records
-from lavis.datasets.datasets.objaverse import load_point_array
 from lavis.datasets.datasets.region_shards import PointRegionSample, RegionSample, write_region_shards
 from lavis.datasets.datasets.scanrefer import object_image_id
 from tools.prepare_eval_refcoco import add_source_args, load_source
@@ -127,7 +127,7 @@ def objaverse_samples(args: argparse.Namespace, unreadable: list[str]) -> tuple[
     def generate() -> Iterator[PointRegionSample]:
         for uid, caption, path in dataset.items:
             try:
-                points = stored_cloud(load_point_array(path), path)
+                points = stored_cloud(load_array(path), path)
             except ValueError as e:
                 unreadable.append(str(e))
                 continue

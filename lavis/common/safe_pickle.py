@@ -25,7 +25,11 @@ class UnsafePickleError(pickle.UnpicklingError):
     pass
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
+class _RestrictedUnpickler(pickle._Unpickler):
+    """The pure-Python unpickler, on purpose: the C one sizes its memo table from the indices in the stream, so one
+    damaged byte (a huge LONG_BINPUT index) makes it allocate and zero gigabytes and the kernel kills the process;
+    here the memo is a dict, and every length field is bounded by the bytes actually present (see `_load`)."""
+
     def __init__(self, file, source: str):
         super().__init__(file, encoding="latin1")  # Python-2 pickles (RefCOCO) need latin1 for numpy buffers
         self.source = source
@@ -39,22 +43,22 @@ class _RestrictedUnpickler(pickle.Unpickler):
         )
 
 
-# A damaged stream can make the unpickler itself fail: a corrupt length field asks for a huge buffer (MemoryError),
-# a corrupt opcode sequence trips CPython's buffer checks (SystemError) or nests without end (RecursionError).
-_DAMAGED_STREAM_ERRORS = (MemoryError, SystemError, OverflowError, RecursionError)
-
-
 def _load(file, source: str) -> Any:
+    """Unpickle with the restricted unpickler; whatever a damaged stream makes the unpickler raise (a truncated
+    struct field, a memo miss, a stack underflow, a corrupt buffer) becomes an UnpicklingError naming `source`."""
     try:
         return _RestrictedUnpickler(file, source).load()
-    except _DAMAGED_STREAM_ERRORS as e:
+    except UnsafePickleError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any failure inside the unpickler means the stream is damaged
         raise pickle.UnpicklingError(f"{source}: damaged pickle stream ({type(e).__name__}: {e})") from None
 
 
 def load_pickle(path: str | Path) -> Any:
     path = Path(path)
-    with path.open("rb") as f:
-        return _load(f, str(path))
+    # read from memory: a length field larger than the file then reads what is there (and fails as truncated)
+    # instead of asking the file object for a buffer of that size
+    return _load(io.BytesIO(path.read_bytes()), str(path))
 
 
 def loads_pickle(data: bytes, source: str = "<bytes>") -> Any:

@@ -3,11 +3,17 @@ bare JSONDecodeError / UnicodeDecodeError / KeyError from deep inside a parser."
 
 from __future__ import annotations
 
+import io
 import json
 import pickle
+import tokenize
+import zipfile
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+import numpy as np
 
 from lavis.common.safe_pickle import UnsafePickleError
 
@@ -41,3 +47,30 @@ def read_lines(path: str | Path, expected: str = "UTF-8 text") -> list[str]:
     """Non-empty stripped lines."""
     with parsing(path, expected):
         return [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+# What numpy raises on a damaged .npy / .npz: besides I/O and format errors, a damaged header is parsed as a Python
+# literal (SyntaxError, tokenize.TokenError), a damaged shape can ask for a huge buffer (MemoryError), and a damaged
+# .npz (a zip) can name an unknown compression method (NotImplementedError), encryption (RuntimeError) or hold a
+# broken deflate stream (zlib.error).
+_ARRAY_ERRORS = (OSError, EOFError, ValueError, KeyError, SyntaxError, tokenize.TokenError, zipfile.BadZipFile,
+                 MemoryError, NotImplementedError, RuntimeError, zlib.error)
+
+
+def load_array(source: str | Path | bytes, name: str = "") -> np.ndarray:
+    """An .npy (path or bytes) or .npz (path; key `arr_0`, else its only array) as an array, never a pickled object.
+    Raises ValueError naming `name` (default: the path) when the file cannot be read as an array."""
+    name = name or str(source)
+    try:
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            return np.load(io.BytesIO(source), allow_pickle=False)
+        path = Path(source)
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as data:
+                key = "arr_0" if "arr_0" in data.files else (data.files[0] if len(data.files) == 1 else None)
+                if key is None:
+                    raise ValueError(f"no 'arr_0' among its arrays {data.files}")
+                return data[key]
+        return np.load(path, allow_pickle=False)
+    except _ARRAY_ERRORS as e:
+        raise ValueError(f"cannot read {name} as an array: {type(e).__name__}: {e}") from None

@@ -19,7 +19,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from lavis.common.safe_pickle import load_pickle
-from lavis.datasets.annotation_io import read_lines
+from lavis.datasets.annotation_io import load_array, read_lines
 from lavis.datasets.base import BadSampleError
 from lavis.datasets.datasets.objaverse import log_skipped
 from lavis.processors.point_processors import PointCloudError, PointCloudProcessor
@@ -45,7 +45,7 @@ def read_modelnet_dat(path: str | Path) -> tuple[list, list[int]]:
 
 def load_shape_file(path: Path) -> np.ndarray:
     if path.suffix == ".npy":
-        return np.load(path, allow_pickle=False)
+        return load_array(path)
     return np.loadtxt(path, delimiter=",", dtype=np.float32, ndmin=2)
 
 

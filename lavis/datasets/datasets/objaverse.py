@@ -13,15 +13,13 @@ Items: points, text_input, sample_id = image_id = uid (the id in the ground trut
 from __future__ import annotations
 
 import logging
-import zipfile
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from lavis.datasets.annotation_io import parsing, read_lines
+from lavis.datasets.annotation_io import load_array, parsing, read_lines
 from lavis.datasets.base import BadSampleError, cleaned_caption
 from lavis.processors.point_processors import PointCloudError, PointCloudProcessor
 
@@ -70,20 +68,6 @@ def heldout_uids(uids: Iterable[str], num_test: int, seed: int) -> set[str]:
 
 def read_uid_list(path: str | Path) -> list[str]:
     return read_lines(path, "one uid per line")
-
-
-def load_point_array(path: Path) -> np.ndarray:
-    """An .npz (key `arr_0`, else its only array) or .npy file as an array; raises ValueError when unreadable."""
-    try:
-        if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as data:
-                key = "arr_0" if "arr_0" in data.files else (data.files[0] if len(data.files) == 1 else None)
-                if key is None:
-                    raise ValueError(f"no 'arr_0' among its arrays {data.files}")
-                return data[key]
-        return np.load(path, allow_pickle=False)
-    except (OSError, EOFError, zipfile.BadZipFile, KeyError) as e:
-        raise ValueError(f"cannot read {path}: {type(e).__name__}: {e}") from None
 
 
 def log_skipped(name: str, skipped: Sequence[tuple[str, str]], examples: int = 5) -> None:
@@ -139,7 +123,7 @@ class ObjaverseCap3D(Dataset):
         if path is None:
             raise BadSampleError(uid, f"no point file under {self.root} matching {list(self.patterns)}")
         try:
-            points, _ = self.processor(load_point_array(path))
+            points, _ = self.processor(load_array(path))
         except (ValueError, PointCloudError) as e:
             raise BadSampleError(uid, f"{path.name}: {e}") from None
         text = cleaned_caption(self.text_processor, caption, uid)

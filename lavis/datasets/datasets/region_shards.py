@@ -46,6 +46,7 @@ import webdataset as wds
 from torch.utils.data import Dataset, IterableDataset
 from tqdm import tqdm
 
+from lavis.datasets.annotation_io import load_array
 from lavis.datasets.base import BadSampleError, SkippedSample, cleaned_caption
 from lavis.datasets.datasets.refcoco import load_image_and_box, region_id
 from lavis.datasets.loaders import derive_seed
@@ -257,8 +258,8 @@ class PointRegionDecoder:
         sample_id = region.sample_id
         caption = cleaned_caption(self.text_processor, region.caption, sample_id)
         try:
-            array = np.load(io.BytesIO(region.data), allow_pickle=False)
-        except (ValueError, OSError, EOFError) as e:
+            array = load_array(region.data, f"the point cloud of {sample_id}")
+        except ValueError as e:
             raise BadSampleError(sample_id, f"unreadable point cloud: {type(e).__name__}: {e}") from None
         corners = None
         if region.box is not None:

@@ -22,7 +22,7 @@ from typing import Callable, Optional
 import numpy as np
 from torch.utils.data import Dataset
 
-from lavis.datasets.annotation_io import AnnotationError, parsing, read_json
+from lavis.datasets.annotation_io import AnnotationError, load_array, parsing, read_json
 from lavis.datasets.base import BadSampleError
 from lavis.datasets.datasets.objaverse import log_skipped
 from lavis.processors.point_processors import PointCloudError, PointCloudProcessor, box_corners, corners_to_geometry
@@ -121,7 +121,7 @@ class ScanRefer(Dataset):
 
     def _load(self, path: Path, sample_id: str) -> np.ndarray:
         try:
-            return read_ply_vertices(path) if path.suffix == ".ply" else np.load(path, allow_pickle=False)
+            return read_ply_vertices(path) if path.suffix == ".ply" else load_array(path)
         except (OSError, EOFError, ValueError, KeyError) as e:
             raise BadSampleError(sample_id, f"cannot read {path.name}: {type(e).__name__}: {e}") from None
 
