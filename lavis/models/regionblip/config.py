@@ -66,7 +66,7 @@ class RegionBLIPConfig:
     # projections, temperature, ITM head) of each modality with init_from_blip2, no region, lora: false and a frozen
     # Q-Former; the encoders (ln_vision included) and frozen Q-Formers are frozen regardless.
     freeze_blip2_pretrain: bool = True
-    blip2_checkpoint_path: Optional[str] = None  # a LAVIS BLIP-2 file (torch.load(...)["model"])
+    blip2_checkpoint_path: Optional[str] = None  # a LAVIS BLIP-2 file: {"model": state dict}, read weights-only
     # Random weights everywhere: no checkpoint is read and weight paths need not exist; the LLM is built from the
     # config.json in llm.path (tokenizers are still read). For benchmarks and tests at any size.
     random_init: bool = False
