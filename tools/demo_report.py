@@ -35,26 +35,20 @@ def captions(run: Path) -> dict[str, dict[str, str]]:
     return out
 
 
-def metrics(run: Path) -> dict[str, dict[str, float]]:
-    out = {}
-    for path in sorted(run.glob("*_metrics.json")):
-        out[path.name.removesuffix("_metrics.json")] = json.loads(path.read_text())["metrics"]
-    return out
-
-
-def region_datasets(run: Path) -> list[str]:
-    """Dataset stems of an evaluation run whose modality has a region, from the run's resolved config."""
-    config = yaml.safe_load((run / "eval_config.yaml").read_text())
-    modalities = config["model"]["modalities"]
-    return [stem for stem, m in metric_modalities(run).items() if modalities.get(m, {}).get("region")]
-
-
-def metric_modalities(run: Path) -> dict[str, str]:
-    return {path.name.removesuffix("_metrics.json"): json.loads(path.read_text())["modality"]
+def metric_reports(run: Path) -> dict[str, dict]:
+    """dataset stem -> the `*_metrics.json` report (metrics, modality, ...) of an evaluation run."""
+    return {path.name.removesuffix("_metrics.json"): json.loads(path.read_text())
             for path in sorted(run.glob("*_metrics.json"))}
 
 
-def checks(runs: dict[str, Path], result: dict) -> list[dict]:
+def region_datasets(run: Path, reports: dict[str, dict]) -> list[str]:
+    """Dataset stems of an evaluation run whose modality has a region, from the run's resolved config."""
+    config = yaml.safe_load((run / "eval_config.yaml").read_text())
+    modalities = config["model"]["modalities"]
+    return [stem for stem, r in reports.items() if modalities.get(r["modality"], {}).get("region")]
+
+
+def checks(runs: dict[str, Path], result: dict, stage2_reports: dict[str, dict]) -> list[dict]:
     cider = {name: {ds: m.get("CIDEr", 0.0) for ds, m in per_ds.items()} for name, per_ds in result["metrics"].items()}
     out = []
     if "untrained" in runs:
@@ -64,7 +58,7 @@ def checks(runs: dict[str, Path], result: dict) -> list[dict]:
                 ok = trained >= MIN_RATIO * before and trained >= before + MIN_GAIN
                 out.append({"check": "learned", "dataset": ds, "untrained": before, "trained": trained, "ok": ok})
     if "after_stage2" in runs and "after_stage2_no_pafe" in runs:
-        for ds in region_datasets(runs["after_stage2"]):
+        for ds in region_datasets(runs["after_stage2"], stage2_reports):
             on, off = cider["after_stage2"][ds], cider["after_stage2_no_pafe"].get(ds)
             if off is not None:
                 out.append({"check": "pafe", "dataset": ds, "pafe_on": on, "pafe_off": off, "ok": on > off})
@@ -76,15 +70,16 @@ def checks(runs: dict[str, Path], result: dict) -> list[dict]:
 def report(root: Path) -> dict:
     runs = {name: root / name for name in RUNS if (root / name).is_dir()}
     result: dict = {"distinct_captions": {}, "samples": {}, "metrics": {}}
-    for name, run in runs.items():
-        caps = captions(run)
-        result["distinct_captions"][name] = {ds: len(set(c.values())) for ds, c in caps.items()}
-        result["samples"][name] = {ds: len(c) for ds, c in caps.items()}
-        result["metrics"][name] = metrics(run)
+    caps = {name: captions(run) for name, run in runs.items()}
+    reports = {name: metric_reports(run) for name, run in runs.items()}
+    for name in runs:
+        result["distinct_captions"][name] = {ds: len(set(c.values())) for ds, c in caps[name].items()}
+        result["samples"][name] = {ds: len(c) for ds, c in caps[name].items()}
+        result["metrics"][name] = {ds: r["metrics"] for ds, r in reports[name].items()}
     if "after_stage1" in runs and "after_stage2" in runs:
-        before, after = captions(runs["after_stage1"]), captions(runs["after_stage2"])
+        before, after = caps["after_stage1"], caps["after_stage2"]
         result["image_path_unchanged"] = {ds: before[ds] == after.get(ds) for ds in before}
-    result["checks"] = checks(runs, result)
+    result["checks"] = checks(runs, result, reports.get("after_stage2", {}))
     return result
 
 

@@ -54,7 +54,7 @@ def compile_blocks(model: nn.Module, **compile_kwargs) -> dict[str, int]:
     types = block_types()
     counts: Counter[str] = Counter()
     for module in model.modules():
-        if isinstance(module, types) and getattr(module, "_compiled_call_impl", None) is None:
+        if isinstance(module, types) and not is_compiled(module):
             module.compile(**compile_kwargs)
             counts[type(module).__name__] += 1
     if counts:

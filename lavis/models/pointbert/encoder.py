@@ -26,7 +26,7 @@ from torch.utils.checkpoint import checkpoint
 
 from lavis.common.checkpoint_io import load_into, read_state_dict
 from lavis.common.registry import ENCODERS
-from lavis.models.pointbert.sampling import FPS_BACKENDS, group_points, require_triton
+from lavis.models.pointbert.sampling import check_fps_backend, group_points, require_triton
 
 _WRAPPER_KEYS = ("state_dict", "base_model", "model")
 _ENCODER_PREFIXES = ("point_encoder.", "base_model.", "transformer_q.")
@@ -115,8 +115,7 @@ class PointBert(nn.Module):
         super().__init__()
         if cfg.in_channels < 3:
             raise ValueError(f"in_channels must include xyz (>= 3), got {cfg.in_channels}")
-        if cfg.fps_backend not in FPS_BACKENDS:
-            raise ValueError(f"pointbert fps_backend must be one of {FPS_BACKENDS}, got {cfg.fps_backend!r}")
+        check_fps_backend(cfg.fps_backend, "pointbert")
         if cfg.fps_backend == "triton":
             require_triton()  # fail at build time, not at the first CUDA forward
         self.fps_backend = cfg.fps_backend

@@ -25,9 +25,10 @@ def _fp32(t: torch.Tensor) -> torch.Tensor:
     return t.float() if t.dtype != torch.float64 else t
 
 
-def check_fps_backend(backend: str) -> None:
+def check_fps_backend(backend: str, owner: str = "") -> None:
+    """`owner` prefixes the message, e.g. "pointbert" for the encoder's config field."""
     if backend not in FPS_BACKENDS:
-        raise ValueError(f"fps_backend must be one of {FPS_BACKENDS}, got {backend!r}")
+        raise ValueError(f"{owner + ' ' if owner else ''}fps_backend must be one of {FPS_BACKENDS}, got {backend!r}")
 
 
 def farthest_point_sample(xyz: torch.Tensor, num_samples: int, backend: str = "torch") -> torch.Tensor:
