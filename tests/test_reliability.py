@@ -39,7 +39,7 @@ def test_nonfinite_step_is_skipped_counted_and_logged(tmp_path):
     before = {k: v.clone() for k, v in runner.model.trainable_state_dict().items()}
     runner.train()
     assert runner.nonfinite_steps == 1
-    assert runner.global_step == 5  # 6 batches, one optimizer step skipped
+    assert runner.global_step == 6  # 6 batches: 6 optimizer steps, one of them skipped (the schedule still advances)
     logged = (tmp_path / "out" / "train_rank0.log").read_text()
     assert "non-finite loss or gradient at step 2: step skipped" in logged and "set_a/toy-" in logged
     after = runner.model.trainable_state_dict()
@@ -56,7 +56,7 @@ def test_inf_gradient_with_finite_loss_is_skipped_counted_and_logged(tmp_path, s
         runner.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
     poison_gradient_at(runner.model.heads["vec_a"][1].weight, 2)  # the third set_a batch: step 2
     runner.train()
-    assert runner.nonfinite_steps == 1 and runner.global_step == 5
+    assert runner.nonfinite_steps == 1 and runner.global_step == 6
     logged = (tmp_path / "out" / "train_rank0.log").read_text()
     if scaler == "fp16_scaler":
         assert runner.scaler.get_scale() == 2.0**9  # the skipped step lowered the scale once
@@ -78,7 +78,7 @@ def test_fp16_overflows_in_a_row_lower_the_scale_without_stopping(tmp_path):
     runner.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
     poison_gradient_at(runner.model.heads["vec_a"][1].weight, 0, 1, 2)
     runner.train()
-    assert (runner.nonfinite_steps, runner.global_step, runner.scaler.get_scale()) == (3, 3, 2.0**7)
+    assert (runner.nonfinite_steps, runner.global_step, runner.scaler.get_scale()) == (3, 6, 2.0**7)
 
     fp32_dir = tmp_path / "fp32"
     fp32_dir.mkdir()
@@ -104,10 +104,11 @@ def test_nonfinite_steps_in_a_row_stop_with_report_and_last_good_checkpoint(tmp_
     data = toy_run_config(tmp_path, max_epoch=1, max_nonfinite_steps_in_row=2)
     data["model"]["nan_at_calls"] = [3, 4]
     runner = make_runner(tmp_path, data)
-    expected = r"2 optimizer steps in a row .*checkpoint_00000003\.pth.*Last samples: set_b/toy-"
+    # steps 3 and 4 are skipped; the log point after step 4 reads their flags and stops
+    expected = r"2 optimizer steps in a row .* at step 4 .*checkpoint_00000005\.pth.*Last samples: set_b/toy-"
     with pytest.raises(NonFiniteError, match=expected):
         runner.train()
-    saved = load_checkpoint(tmp_path / "out" / "checkpoint_00000003.pth")
+    saved = load_checkpoint(tmp_path / "out" / "checkpoint_00000005.pth")
     assert all(torch.isfinite(v).all() for v in saved["model"].values())
     for name, value in runner.model.trainable_state_dict().items():
         assert torch.equal(saved["model"][name], value), name  # the skipped steps changed nothing

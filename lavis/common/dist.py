@@ -50,6 +50,11 @@ def init_distributed(device: str, timeout_s: int) -> DistInfo:
             timeout=timeout,
             device_id=dev if use_cuda else None,
         )
+        if use_cuda:
+            # Host-side bookkeeping (which tensors have gradients) goes through gloo: reading an NCCL result on the
+            # host would wait for all GPU work queued before it.
+            global _HOST_GROUP
+            _HOST_GROUP = dist.new_group(backend="gloo", timeout=timeout)
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=dev)
 
 
@@ -67,6 +72,9 @@ def _store_for_this_attempt(rank: int, world: int, timeout: datetime.timedelta) 
     return dist.PrefixStore(f"lavis/attempt{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/", store)
 
 
+_HOST_GROUP = None  # a gloo group for CPU tensors when the default group is NCCL; None: the default group serves
+
+
 def is_dist() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
@@ -74,6 +82,13 @@ def is_dist() -> bool:
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     if is_dist():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def all_reduce_sum_host(t: torch.Tensor) -> torch.Tensor:
+    """Sum a CPU tensor over ranks without waiting for the accelerator (see _HOST_GROUP)."""
+    if is_dist():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=_HOST_GROUP)
     return t
 
 
@@ -91,5 +106,7 @@ def barrier() -> None:
 
 
 def shutdown() -> None:
+    global _HOST_GROUP
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    _HOST_GROUP = None

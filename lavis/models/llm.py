@@ -124,20 +124,42 @@ class LanguageModel(nn.Module):
         embeds, mask = self._inputs(soft_prompt, prompt_ids)
         labels = target_ids.masked_fill(target_mask == 0, IGNORE_INDEX)
         if self.family is LLMFamily.opt:
+            embeds = torch.cat([embeds, self._embed(target_ids)], dim=1)
+            mask = torch.cat([mask, target_mask], dim=1)
             # Logits only where a caption token is predicted (the last prompt position and the caption's own),
             # not over the soft prompt: the vocabulary projection is the largest activation of the step.
             out = self.model(
-                inputs_embeds=torch.cat([embeds, self._embed(target_ids)], dim=1),
-                attention_mask=torch.cat([mask, target_mask], dim=1),
+                inputs_embeds=embeds,
+                attention_mask=self._prepared_mask(mask, causal=True, dtype=embeds.dtype),
+                position_ids=mask.cumsum(1) * mask - 1,  # OPT's own rule, which it cannot apply to a 4-D mask
                 logits_to_keep=target_ids.shape[1] + 1,
             )
             logits = out.logits[:, :-1]  # position t predicts caption token t
             return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
         else:
             out = self.model(
-                inputs_embeds=embeds, attention_mask=mask, labels=labels, decoder_attention_mask=target_mask
+                inputs_embeds=embeds, labels=labels,
+                attention_mask=self._prepared_mask(mask, causal=False, dtype=embeds.dtype),
+                decoder_attention_mask=self._prepared_mask(target_mask, causal=True, dtype=embeds.dtype),
             )
         return out.loss
+
+    def _prepared_mask(self, mask: Tensor, causal: bool, dtype: torch.dtype) -> Tensor:
+        """`mask` [B, L] (1 = token) as the 4-D mask the attention takes: [B, 1, L, L] causal and padding, or
+        [B, 1, 1, L] key padding (broadcast over the queries: right for T5's encoder and its cross-attention too).
+        SDPA takes bool (True = attend), eager attention an additive float mask; other implementations get the 2-D
+        mask back. transformers builds the same masks, but for SDPA it first reads the padding mask back to the host
+        (to drop the mask when nothing is padded), which makes every training step wait for the GPU at the LLM."""
+        impl = self.model.config._attn_implementation
+        if impl not in ("sdpa", "eager"):
+            return mask
+        keep = mask.bool()[:, None, None, :]
+        if causal:
+            length = mask.shape[1]
+            keep = keep & torch.ones(length, length, dtype=torch.bool, device=mask.device).tril()
+        if impl == "sdpa":
+            return keep
+        return torch.zeros(keep.shape, dtype=dtype, device=mask.device).masked_fill(~keep, torch.finfo(dtype).min)
 
     @torch.no_grad()
     def generate(self, soft_prompt: Tensor, prompt_ids: Tensor, gen: GenerationConfig,

@@ -3,7 +3,8 @@
 One optimizer step = `run.accum_grad_iters` single-modality batches taken from the epoch plan. Gradients of the
 trainable tensors (megabytes: LoRA, queries, PaFE, heads) are all-reduced in one flat buffer before each optimizer
 step instead of wrapping the model in DDP: a step touches only one modality's tensors, which DDP could only handle
-with find_unused_parameters.
+with find_unused_parameters. Between log points the host reads nothing from the device: metrics and the skip flags
+of non-finite steps (skipped_steps.py) stay there until the log point reads them at once.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from lavis.datasets.loaders import (
     move_to,
 )
 from lavis.runners.setup import autocast, autocast_dtype, set_up_run
+from lavis.runners.skipped_steps import SkipLedger
 
 log = logging.getLogger("lavis.runner")
 
@@ -72,8 +74,8 @@ def sync_gradients(params: list[torch.nn.Parameter], world_size: int) -> None:
     has none, e.g. a rank whose batch was all bad samples), so every rank applies the same update."""
     if not dist_utils.is_dist():
         return
-    has_grad = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=params[0].device)
-    dist_utils.all_reduce_sum(has_grad)
+    has_grad = torch.tensor([p.grad is not None for p in params], dtype=torch.int32)  # host-side: no device wait
+    dist_utils.all_reduce_sum_host(has_grad)
     active = [p for p, flag in zip(params, has_grad.tolist()) if flag > 0]
     if not active:
         return
@@ -122,7 +124,8 @@ class EpochRunner:
 
         self.epoch, self.position, self.global_step = 0, 0, 0
         self.bad_samples, self.seen_samples = 0, 0
-        self.nonfinite_steps, self.nonfinite_in_row = 0, 0
+        self.nonfinite_steps = 0
+        self.skips = SkipLedger(self.device)
         # Each rank's own random stream (dropout); a resumed run continues the stream its checkpoint saved.
         torch.manual_seed(derive_seed(run.seed, "rank", self.dist.rank))
         if setup.resume_from is not None:
@@ -199,6 +202,7 @@ class EpochRunner:
         log.warning("resuming %s although the model config changed (run.allow_config_change): %s", path, listing)
 
     def save_checkpoint(self) -> Path:
+        self._read_skipped_steps()  # the count in the checkpoint includes every step taken so far
         rng = dist_utils.all_gather_objects(capture_rng_state())  # a collective: every rank calls this
         path = checkpoint_path(self.output_dir, self.global_step)
         if self.dist.is_main:
@@ -263,19 +267,13 @@ class EpochRunner:
             self._account_samples(batch, epoch, position, stream)
             step_sample_ids += [f"{stream.name}/{i}" for i in batch["sample_ids"]]
             if batch_size_of(batch) > 0:
-                with autocast(self.amp_dtype):
-                    loss, report = self.task.train_step(self.model, move_to(batch, self.device))
-                self.scaler.scale(loss / accum).backward()
-                step_loss += loss.detach().float()
-                window.add(batch["modality"], report, batch_size_of(batch))
+                step_loss += self._forward_backward(batch, window)
             bar.update(1)
             if (position + 1) % accum and position + 1 < len(plan):
                 continue
-            lr, applied = self._optimizer_step(step_loss, step_sample_ids)
+            lr = self._optimizer_step(step_loss, step_sample_ids)
             step_sample_ids, step_loss = [], torch.zeros((), device=self.device)
             self.position = position + 1
-            if not applied:
-                continue
             if self.global_step % self.run.log_every_steps == 0:
                 metrics = self._flush(window, lr, epoch, bar)
             if self.run.ckpt_every_steps and self.global_step % self.run.ckpt_every_steps == 0:
@@ -288,8 +286,17 @@ class EpochRunner:
         bar.close()
         return metrics
 
-    def _optimizer_step(self, step_loss: torch.Tensor, sample_ids: list[str]) -> tuple[float, bool]:
-        """Average, clip and apply the accumulated gradients; returns (lr, whether the step was applied)."""
+    def _forward_backward(self, batch: dict[str, Any], window: MetricWindow) -> torch.Tensor:
+        """One batch's forward and backward (gradients accumulate); returns its loss, detached, on the device."""
+        with autocast(self.amp_dtype):
+            loss, report = self.task.train_step(self.model, move_to(batch, self.device))
+        self.scaler.scale(loss / self.run.accum_grad_iters).backward()
+        window.add(batch["modality"], report, batch_size_of(batch))
+        return loss.detach().float()
+
+    def _optimizer_step(self, step_loss: torch.Tensor, sample_ids: list[str]) -> float:
+        """Average, clip and apply the accumulated gradients, unless the loss or a gradient is non-finite on any
+        rank: that step is skipped on the device (see skipped_steps.py) and reported at the next log point."""
         lr = self.lr_at(self.global_step, self.total_steps, self.run.lr_schedule)
         set_lr(self.optimizer, lr)
         sync_gradients(self.trainable, self.dist.world_size)
@@ -297,52 +304,51 @@ class EpochRunner:
         with_grad = [p for p in self.trainable if p.grad is not None]
         max_norm = self.run.grad_clip_norm if self.run.grad_clip_norm > 0 else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(with_grad, max_norm) if with_grad else torch.zeros(())
-        # The loss and the unscaled gradient norm decide for every precision: one small all-reduce and one host
-        # sync per optimizer step, so all ranks decide alike. Under fp16 a non-finite norm is exactly what makes the
-        # scaler skip its step, so this also counts and logs the steps the scaler would have dropped silently.
-        loss_finite, grads_finite = self._finite(step_loss, norm)
-        if not (loss_finite and grads_finite):
-            self.optimizer.zero_grad(set_to_none=True)
-            # fp16: an overflow while the loss scale is still above 1 is the scaler searching for its scale (several
-            # in a row are usual at the start), not divergence; it is counted and logged but does not stop the run.
-            overflow = self.scaler.is_enabled() and loss_finite and self.scaler.get_scale() > 1.0
-            if self.scaler.is_enabled():
-                self.scaler.update()  # no step taken: the inf found by unscale_ lowers the scale for the next try
-            self._skip_nonfinite_step(sample_ids, counts_in_row=not overflow)
-            return lr, False
-        self.nonfinite_in_row = 0
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        bad = torch.stack([~torch.isfinite(step_loss), ~torch.isfinite(norm.to(step_loss.device))]).float()
+        loss_bad, grads_bad = dist_utils.all_reduce_sum(bad) > 0  # every rank decides alike
+        # fp16: the scale this step ran with, read on the device (GradScaler.get_scale() would wait for it)
+        scale = self.scaler._get_scale_async() if self.scaler.is_enabled() else None
+        self.optimizer.found_inf = self.skips.record(self.global_step, loss_bad, grads_bad, scale, sample_ids)
+        try:
+            self.optimizer.step()
+        finally:
+            del self.optimizer.found_inf
+        self.scaler.update()  # fp16: an overflow found by unscale_ lowers the scale for the next step
         self.optimizer.zero_grad(set_to_none=True)
         self.global_step += 1
-        return lr, True
+        return lr
 
-    def _finite(self, step_loss: torch.Tensor, norm: torch.Tensor) -> tuple[bool, bool]:
-        """(loss finite, gradient norm finite) on every rank."""
-        bad = torch.stack([~torch.isfinite(step_loss), ~torch.isfinite(norm.to(step_loss.device))]).float()
-        loss_bad, grads_bad = dist_utils.all_reduce_sum(bad).tolist()
-        return loss_bad == 0, grads_bad == 0
+    def _read_skipped_steps(self) -> None:
+        """Count and log the steps skipped since the last read. Past run.max_nonfinite_steps_in_row in a row, save
+        the weights (untouched by skipped steps: the last good ones) and stop.
 
-    def _skip_nonfinite_step(self, sample_ids: list[str], counts_in_row: bool) -> None:
-        self.nonfinite_steps += 1
-        if not counts_in_row:
-            log.warning("fp16 gradient overflow at step %d: step skipped, loss scale lowered to %g (%d non-finite "
-                        "steps in all); samples: %s", self.global_step, self.scaler.get_scale(),
-                        self.nonfinite_steps, ", ".join(sample_ids[:32]))
-            return
-        self.nonfinite_in_row += 1
-        log.warning("non-finite loss or gradient at step %d: step skipped (%d in a row, %d in all); samples: %s",
-                    self.global_step, self.nonfinite_in_row, self.nonfinite_steps, ", ".join(sample_ids[:32]))
-        if self.nonfinite_in_row >= self.run.max_nonfinite_steps_in_row:
+        Under fp16 an overflow while the loss scale is above 1 is the scaler searching for its scale (several in a
+        row are usual at the start), not divergence: it is counted and logged but does not count toward the stop."""
+        limit = self.run.max_nonfinite_steps_in_row
+        diverged = None
+        for s in self.skips.read():
+            self.nonfinite_steps += 1
+            samples = ", ".join(s.sample_ids)
+            if s.overflow:
+                log.warning("fp16 gradient overflow at step %d: step skipped, loss scale lowered to %g (%d non-finite "
+                            "steps in all); samples: %s", s.step, s.scale * self.scaler.get_backoff_factor(),
+                            self.nonfinite_steps, samples)
+                continue
+            log.warning("non-finite loss or gradient at step %d: step skipped (%d in a row, %d in all); samples: %s",
+                        s.step, s.in_row, self.nonfinite_steps, samples)
+            if s.in_row >= limit and diverged is None:
+                diverged = s
+        if diverged is not None:
             path = self.save_checkpoint()
             raise NonFiniteError(
-                f"{self.nonfinite_in_row} optimizer steps in a row had non-finite loss or gradients "
-                f"(run.max_nonfinite_steps_in_row = {self.run.max_nonfinite_steps_in_row}); the last good state is "
-                f"saved in {path}. Last samples: {', '.join(sample_ids[:32])}. Lower the LR, check those samples, or "
-                "use run.amp=fp32, then resume with run.resume_ckpt_path=auto"
+                f"{diverged.in_row} optimizer steps in a row had non-finite loss or gradients, the last at step "
+                f"{diverged.step} (run.max_nonfinite_steps_in_row = {limit}); they were skipped, so the weights saved "
+                f"in {path} are the last good ones. Last samples: {', '.join(diverged.sample_ids)}. Lower the LR, "
+                "check those samples, or use run.amp=fp32, then resume with run.resume_ckpt_path=auto"
             )
 
     def _flush(self, window: MetricWindow, lr: float, epoch: int, bar: tqdm) -> dict[str, float]:
+        self._read_skipped_steps()
         metrics = window.flush()
         metrics["lr"] = lr
         metrics["peak_mem_mb"] = peak_memory_mb(self.device)
