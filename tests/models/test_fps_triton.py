@@ -28,7 +28,8 @@ _INTERPRETER_CHECK = textwrap.dedent("""
     import os
     assert os.environ["TRITON_INTERPRET"] == "1"
     import torch
-    from lavis.models.pointbert.sampling import farthest_point_sample, farthest_point_sample_triton
+    from lavis.models.pointbert.sampling import (TRITON_FPS_MAX_POINTS, farthest_point_sample,
+                                                 farthest_point_sample_triton)
 
     gen = torch.Generator().manual_seed(0)
     cases = []
@@ -50,9 +51,12 @@ _INTERPRETER_CHECK = textwrap.dedent("""
     ties_seen = 0
     for name, xyz, num_samples in cases:
         expected = farthest_point_sample(xyz, num_samples, backend="torch")
-        got = farthest_point_sample_triton(xyz, num_samples)
-        assert got.dtype == torch.long and got.shape == expected.shape, name
-        assert torch.equal(got, expected), f"{name}: {got.tolist()} != {expected.tolist()}"
+        # the register kernel, then the chunked one with chunks small enough that every case spans several
+        # (ties across chunk boundaries included); chunk 16 is also narrower than N = 1 + padding
+        for chunk in (None, 16, 64):
+            got = farthest_point_sample_triton(xyz, num_samples, chunk=chunk)
+            assert got.dtype == torch.long and got.shape == expected.shape, name
+            assert torch.equal(got, expected), f"{name}, chunk {chunk}: {got.tolist()} != {expected.tolist()}"
         if name == "lattice ties":
             # the reference does meet ties: some chosen point has an equal-distance rival with a higher index
             x = xyz.float()
@@ -62,6 +66,9 @@ _INTERPRETER_CHECK = textwrap.dedent("""
                     nearest = torch.minimum(nearest, (x[b] - x[b, expected[b, i]]).square().sum(-1))
                     ties_seen += int((nearest == nearest.max()).sum() > 1)
     assert ties_seen > 0
+    # a cloud larger than the register kernel holds takes the chunked kernel by default
+    big = torch.randn(1, TRITON_FPS_MAX_POINTS + 100, 3, generator=gen)
+    assert torch.equal(farthest_point_sample_triton(big, 6), farthest_point_sample(big, 6, backend="torch"))
     print("OK", len(cases), "cases", ties_seen, "tied steps")
 """)
 
@@ -108,7 +115,7 @@ def test_pointbert_triton_backend_config_matches_torch_on_cpu():
 
 def test_missing_triton_gives_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "triton", None)  # makes `import triton` raise ImportError
-    monkeypatch.setattr(sampling, "_TRITON_FPS_KERNEL", None)
+    monkeypatch.setattr(sampling, "_TRITON_FPS_KERNELS", None)
     with pytest.raises(ImportError, match="fps_backend 'triton' needs the `triton` package"):
         farthest_point_sample_triton(torch.zeros(1, 4, 3), 2)
     with pytest.raises(ImportError, match="fps_backend 'triton'"):
@@ -116,15 +123,16 @@ def test_missing_triton_gives_a_clear_error(monkeypatch):
                                   fps_backend="triton"))
 
 
-def test_triton_launcher_rejects_what_it_cannot_hold():
-    with pytest.raises(ValueError, match="at most"):
-        farthest_point_sample_triton(torch.zeros(1, sampling.TRITON_FPS_MAX_POINTS + 1, 3), 2)
+def test_triton_launcher_rejects_what_it_cannot_take():
+    with pytest.raises(ValueError, match="power of two"):
+        farthest_point_sample_triton(torch.zeros(1, 40, 3), 2, chunk=24)
     with pytest.raises(TypeError, match="fp16 / bf16 / fp32"):
         farthest_point_sample_triton(torch.zeros(1, 4, 3, dtype=torch.float64), 2)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("batch,num_points,num_samples", [(1, 1, 1), (4, 1000, 64), (8, 8192, 512), (2, 16384, 512)])
+@pytest.mark.parametrize("batch,num_points,num_samples",
+                         [(1, 1, 1), (4, 1000, 64), (8, 8192, 512), (2, 16384, 512), (2, 16385, 64), (4, 40000, 512)])
 def test_triton_kernel_matches_torch_on_cuda(batch, num_points, num_samples):
     gen = torch.Generator(device="cuda").manual_seed(0)
     xyz = torch.randn(batch, num_points, 3, device="cuda", generator=gen)

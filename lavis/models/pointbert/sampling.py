@@ -5,11 +5,13 @@ Distances are always computed in fp32 with autocast off, so neighbour choice doe
 
 Farthest-point sampling has two backends, chosen by the encoder's `fps_backend`:
   * "torch" (default): a Python loop over the S centres, each step batched (~4 kernel launches per centre on GPU);
-  * "triton" (opt-in): one Triton program per cloud runs the whole loop with the points held in registers. It is
-    used for CUDA tensors with at most `TRITON_FPS_MAX_POINTS` points (fp16 / bf16 / fp32 input); anything else
-    (CPU, fp64, larger clouds) takes the torch path. Same indices as torch (start at point 0, fp32 squared
-    distances summed as dx*dx + dy*dy + dz*dz without FMA contraction, ties to the lowest index); tested on CPU
-    with Triton's interpreter only. The default stays "torch" until the kernel has been checked and timed on a GPU.
+  * "triton" (opt-in): one Triton program per cloud runs the whole loop. Up to `TRITON_FPS_MAX_POINTS` points
+    it holds the points in registers; larger clouds (ScanRefer scenes: 40000 points) are swept in chunks of
+    `TRITON_FPS_CHUNK` per centre, with the running nearest distances in a global workspace (L2-resident at these
+    sizes). It is used for CUDA tensors of fp16 / bf16 / fp32; anything else (CPU, fp64) takes the torch path.
+    Same indices as torch (start at point 0, fp32 squared distances summed as dx*dx + dy*dy + dz*dz without FMA
+    contraction, ties to the lowest index); tested on CPU with Triton's interpreter only. The default stays "torch"
+    until the kernels have been checked and timed on a GPU.
 Triton is imported only when the triton backend is asked for.
 """
 
@@ -19,6 +21,7 @@ import torch
 
 FPS_BACKENDS = ("torch", "triton")
 TRITON_FPS_MAX_POINTS = 16384  # BLOCK (next power of two >= points) must fit one program's registers
+TRITON_FPS_CHUNK = 4096  # points per sweep step of the chunked kernel, for clouds larger than that
 
 
 def _fp32(t: torch.Tensor) -> torch.Tensor:
@@ -42,8 +45,7 @@ def farthest_point_sample(xyz: torch.Tensor, num_samples: int, backend: str = "t
     batch, num_points, _ = xyz.shape
     if num_samples > num_points:
         raise ValueError(f"cannot sample {num_samples} centres from {num_points} points")
-    if (backend == "triton" and xyz.is_cuda and xyz.dtype != torch.float64 and num_points <= TRITON_FPS_MAX_POINTS
-            and batch > 0 and num_samples > 0):
+    if backend == "triton" and xyz.is_cuda and xyz.dtype != torch.float64 and batch > 0 and num_samples > 0:
         return farthest_point_sample_triton(xyz, num_samples)
     with torch.no_grad(), torch.autocast(device_type=xyz.device.type, enabled=False):
         xyz = _fp32(xyz)
@@ -59,7 +61,7 @@ def farthest_point_sample(xyz: torch.Tensor, num_samples: int, backend: str = "t
     return chosen
 
 
-_TRITON_FPS_KERNEL = None
+_TRITON_FPS_KERNELS = None
 
 
 def require_triton():
@@ -72,11 +74,12 @@ def require_triton():
     return triton
 
 
-def _triton_fps_kernel():
-    """The Triton FPS kernel, defined on first use so that triton is imported only for the triton backend."""
-    global _TRITON_FPS_KERNEL
-    if _TRITON_FPS_KERNEL is not None:
-        return _TRITON_FPS_KERNEL
+def _triton_fps_kernels():
+    """The Triton FPS kernels (points in registers; chunked), defined on first use so that triton is imported only
+    for the triton backend."""
+    global _TRITON_FPS_KERNELS
+    if _TRITON_FPS_KERNELS is not None:
+        return _TRITON_FPS_KERNELS
     triton = require_triton()
     import triton.language as tl
 
@@ -106,29 +109,74 @@ def _triton_fps_kernel():
             nearest = tl.minimum(nearest, dx * dx + dy * dy + dz * dz)
             farthest = tl.argmax(nearest, axis=0, tie_break_left=True)
 
-    _TRITON_FPS_KERNEL = (triton, fps_kernel)
-    return _TRITON_FPS_KERNEL
+    @triton.jit
+    def fps_chunked_kernel(xyz_ptr, nearest_ptr, out_ptr, num_points, num_samples, stride_b, stride_p, stride_c,
+                           CHUNK: tl.constexpr):
+        cloud = tl.program_id(0).to(tl.int64)
+        lanes = tl.arange(0, CHUNK)
+        base = xyz_ptr + cloud * stride_b
+        nearest_row = nearest_ptr + cloud * num_points  # [B, N] fp32, +inf on entry
+        out = out_ptr + cloud * num_samples
+        farthest = tl.program_id(0) * 0  # int32 scalar 0: start at point 0
+        for i in range(num_samples):
+            tl.store(out + i, farthest.to(tl.int64))
+            centre = base + farthest.to(tl.int64) * stride_p
+            cx = tl.load(centre).to(tl.float32)
+            cy = tl.load(centre + stride_c).to(tl.float32)
+            cz = tl.load(centre + 2 * stride_c).to(tl.float32)
+            best = cx * 0.0 - 1.0  # fp32 scalar -1: below every distance
+            best_index = farthest * 0
+            for start in range(0, num_points, CHUNK):
+                offs = start + lanes
+                valid = offs < num_points
+                point = base + offs.to(tl.int64) * stride_p
+                dx = tl.load(point, mask=valid, other=0.0).to(tl.float32) - cx
+                dy = tl.load(point + stride_c, mask=valid, other=0.0).to(tl.float32) - cy
+                dz = tl.load(point + 2 * stride_c, mask=valid, other=0.0).to(tl.float32) - cz
+                near = tl.minimum(tl.load(nearest_row + offs, mask=valid, other=-1.0), dx * dx + dy * dy + dz * dz)
+                tl.store(nearest_row + offs, near, mask=valid)
+                near = tl.where(valid, near, -1.0)  # padding lanes never win
+                chunk_best = tl.max(near, axis=0)
+                chunk_index = start + tl.argmax(near, axis=0, tie_break_left=True)
+                # strictly greater: on a tie the earlier chunk, i.e. the lower index, keeps it
+                better = chunk_best > best
+                best_index = tl.where(better, chunk_index, best_index)
+                best = tl.where(better, chunk_best, best)
+            tl.debug_barrier()  # this centre's workspace stores land before the next sweep loads them
+            farthest = best_index
+
+    _TRITON_FPS_KERNELS = (triton, fps_kernel, fps_chunked_kernel)
+    return _TRITON_FPS_KERNELS
 
 
-def farthest_point_sample_triton(xyz: torch.Tensor, num_samples: int) -> torch.Tensor:
+def farthest_point_sample_triton(xyz: torch.Tensor, num_samples: int, chunk: int | None = None) -> torch.Tensor:
     """The triton backend of `farthest_point_sample` on any device Triton can run on (CUDA, or CPU tensors under
-    TRITON_INTERPRET=1); no fallback. Indices [B, S] int64, identical to the torch path for fp16/bf16/fp32 input."""
+    TRITON_INTERPRET=1); no fallback. Indices [B, S] int64, identical to the torch path for fp16/bf16/fp32 input.
+    `chunk` (a power of two) forces the chunked kernel with that chunk size (tests); by default clouds of more than
+    TRITON_FPS_MAX_POINTS points take it with TRITON_FPS_CHUNK."""
     batch, num_points, _ = xyz.shape
     if num_samples > num_points:
         raise ValueError(f"cannot sample {num_samples} centres from {num_points} points")
-    if num_points > TRITON_FPS_MAX_POINTS:
-        raise ValueError(f"triton FPS holds at most {TRITON_FPS_MAX_POINTS} points per cloud, got {num_points}")
     if xyz.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise TypeError(f"triton FPS takes fp16 / bf16 / fp32 points, got {xyz.dtype}")
     chosen = torch.empty(batch, num_samples, dtype=torch.long, device=xyz.device)
     if batch == 0 or num_samples == 0:
         return chosen
-    triton, kernel = _triton_fps_kernel()
-    block = max(triton.next_power_of_2(num_points), 16)
-    num_warps = 16 if block >= 8192 else 8 if block >= 2048 else 4
+    triton, kernel, chunked_kernel = _triton_fps_kernels()
+    strides = (xyz.stride(0), xyz.stride(1), xyz.stride(2))
     # no FMA contraction: dx*dx + dy*dy + dz*dz rounds like torch's separate square and sum
-    kernel[(batch,)](xyz, chosen, num_points, num_samples, xyz.stride(0), xyz.stride(1), xyz.stride(2),
-                     BLOCK=block, num_warps=num_warps, enable_fp_fusion=False)
+    if chunk is None and num_points <= TRITON_FPS_MAX_POINTS:
+        block = max(triton.next_power_of_2(num_points), 16)
+        num_warps = 16 if block >= 8192 else 8 if block >= 2048 else 4
+        kernel[(batch,)](xyz, chosen, num_points, num_samples, *strides, BLOCK=block, num_warps=num_warps,
+                         enable_fp_fusion=False)
+        return chosen
+    chunk = chunk or TRITON_FPS_CHUNK
+    if chunk < 16 or chunk & (chunk - 1):
+        raise ValueError(f"chunk must be a power of two >= 16, got {chunk}")
+    nearest = torch.full((batch, num_points), float("inf"), dtype=torch.float32, device=xyz.device)
+    chunked_kernel[(batch,)](xyz, nearest, chosen, num_points, num_samples, *strides, CHUNK=chunk,
+                             num_warps=8 if chunk >= 2048 else 4, enable_fp_fusion=False)
     return chosen
 
 
