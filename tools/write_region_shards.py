@@ -156,8 +156,8 @@ def scanrefer_samples(args: argparse.Namespace, unreadable: list[str]) -> tuple[
         for scene_id, items in scenes.items():
             path = Path(cfg.scannet_data_root) / f"{scene_id}_aligned_vert.npy"
             try:
-                points = stored_cloud(np.load(path, allow_pickle=False), path)
-            except (OSError, EOFError, ValueError) as e:
+                points = stored_cloud(load_array(path), path)
+            except ValueError as e:
                 unreadable.append(f"{path}: {e}")
                 continue
             corners, captions, region_ids = [], [], []

@@ -120,12 +120,12 @@ def _section(cfg: DictConfig, key: str, source: str) -> DictConfig:
 
 def _pick(key: str, user: DictConfig, options: DictConfig, cfg_path: str) -> tuple[Any, str]:
     """(value, where it was set): --options over the file."""
-    if options.get(key) is not None:
-        return options.get(key), "--options"
-    return user.get(key), cfg_path
+    source = _source_of(key, options, cfg_path)
+    return (options if source == "--options" else user).get(key), source
 
 
 def _source_of(key: str, options: DictConfig, cfg_path: str) -> str:
+    """Where the dotted `key` was set: "--options" when given there, else the config file."""
     return "--options" if OmegaConf.select(options, key, default=None) is not None else cfg_path
 
 

@@ -186,3 +186,21 @@ def test_tool_wants_one_source_and_names_its_options(tmp_path: Path):
     with pytest.raises(SystemExit, match="unknown split 'val'"):
         shards_tool.main(["--objaverse-root", paths["points_root"], "--cap3d-file", paths["caption_file"],
                           "--out", str(tmp_path / "out")])
+
+
+@pytest.mark.parametrize("damage", ["truncated", "wrong shape", "floats"])
+def test_a_damaged_offsets_table_is_refused_naming_it(tmp_path: Path, damage):
+    paths = write_scanrefer(tmp_path / "scanrefer")
+    out = tmp_path / "shards" / "train"
+    index = shards_tool.main(["--scanrefer-root", paths["annotation_root"], "--scannet-data-root",
+                              paths["scannet_data_root"], "--split", "train", "--out", str(out)])
+    table_path = index.parent / json.loads(index.read_text())["shards"][0]["offsets"]
+    table = np.load(table_path)
+    if damage == "truncated":
+        table_path.write_bytes(table_path.read_bytes()[:60])
+    else:
+        np.save(table_path, table[:, :4] if damage == "wrong shape" else table.astype(np.float64))
+    builder = shard_builder(tmp_path / "shards", "pointcloud_region", "train", "random",
+                            eval_points=PointCloudProcessorConfig(**STRIDE_450))
+    with pytest.raises(ValueError, match=str(table_path.name)):
+        builder.build("train")

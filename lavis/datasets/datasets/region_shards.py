@@ -295,6 +295,16 @@ def region_decoder(index_file: Path, payload: str, input_processor, text_process
     return PointRegionDecoder(input_processor, text_processor)
 
 
+def offsets_table(path: Path) -> np.ndarray:
+    """A shard's offsets table: one row per image, (data at, data size, json at, json size, regions)."""
+    table = load_array(path)
+    if table.ndim != 2 or table.shape[1] != 5 or table.dtype.kind not in "iu":
+        raise ValueError(f"{path}: an offsets table must be an integer array of shape [images, 5], got "
+                         f"{table.dtype} {table.shape}; rewrite the shards with tools/write_region_shards.py")
+    return table
+
+
+
 class RegionShardMapDataset(Dataset):
     """Random access to the regions of the shards (via the offsets files): a map-style dataset, one item per region.
 
@@ -311,7 +321,7 @@ class RegionShardMapDataset(Dataset):
         self.decode = region_decoder(self.index_file, self.payload, input_processor, text_processor)
         self.shard_files = [str(self.index_file.parent / s["file"]) for s in index["shards"]]
         self.shard_regions = {path: int(s["regions"]) for path, s in zip(self.shard_files, index["shards"])}
-        tables = [np.load(self.index_file.parent / s["offsets"]) for s in index["shards"]]
+        tables = [offsets_table(self.index_file.parent / s["offsets"]) for s in index["shards"]]
         self.shard_of_image = np.concatenate([np.full(len(t), i, dtype=np.int32) for i, t in enumerate(tables)])
         self.offsets = np.concatenate(tables) if tables else np.zeros((0, 5), dtype=np.int64)
         self.first_region = np.concatenate([[0], np.cumsum(self.offsets[:, 4])])

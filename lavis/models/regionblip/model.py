@@ -206,8 +206,8 @@ class RegionBLIP(BaseModel):
             mapped, source = {}, {}
             for src, dst in renames.items():
                 for k, v in state.items():
-                    if matches(k, src) and dst + k[len(src):] in own:
-                        target = dst + k[len(src):]
+                    target = dst + k[len(src):]
+                    if matches(k, src) and target in own:
                         mapped[target] = v.reshape(own[target].shape) if k == "temp" else v
                         source[target] = k
             _, unexpected[part] = load_into(self.heads[name], mapped, f"{where} -> {part}")
