@@ -141,3 +141,57 @@ def test_triton_kernel_matches_torch_on_cuda(batch, num_points, num_samples):
         expected = farthest_point_sample(cloud, num_samples, backend="torch")
         torch.testing.assert_close(farthest_point_sample(cloud, num_samples, backend="triton"), expected,
                                    rtol=0, atol=0)
+
+
+_PTXAS_CHECK = textwrap.dedent("""
+    import os, subprocess, sys, tempfile
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from lavis.models.pointbert.sampling import TRITON_FPS_CHUNK, _triton_fps_kernels, triton_fps_launch
+
+    _, register_kernel, chunked_kernel = _triton_fps_kernels()
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    scalars = {"num_points": "i32", "num_samples": "i32", "stride_b": "i32", "stride_p": "i32", "stride_c": "i32"}
+    # every launch the launcher makes: each register BLOCK width at its boundary sizes, and the chunked kernel
+    launches = {triton_fps_launch(n) for n in (16, 17, 1024, 2048, 2049, 4096, 4097, 8192, 8193)}
+    launches.add(triton_fps_launch(40000, TRITON_FPS_CHUNK))
+    for kind, width, num_warps in sorted(launches):
+        for dtype in ("fp32", "bf16", "fp16"):
+            if kind == "register":
+                signature = {"xyz_ptr": f"*{dtype}", "out_ptr": "*i64", **scalars, "BLOCK": "constexpr"}
+                src = ASTSource(register_kernel, signature=signature, constexprs={"BLOCK": width})
+            else:
+                signature = {"xyz_ptr": f"*{dtype}", "nearest_ptr": "*fp32", "out_ptr": "*i64", **scalars,
+                             "CHUNK": "constexpr"}
+                src = ASTSource(chunked_kernel, signature=signature, constexprs={"CHUNK": width})
+            compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                                      options={"num_warps": num_warps, "enable_fp_fusion": False})
+            with tempfile.TemporaryDirectory() as tmp:
+                ptx = os.path.join(tmp, "fps.ptx")
+                with open(ptx, "w") as f:
+                    f.write(compiled.asm["ptx"])
+                out = subprocess.run([ptxas, "-arch=sm_90a", "-v", ptx, "-o", ptx + ".cubin"], capture_output=True,
+                                     text=True)
+            assert out.returncode == 0, out.stderr
+            report = " ".join(line.split("info    :")[-1].strip() for line in out.stderr.splitlines())
+            assert "0 bytes spill stores" in report, f"{kind} {width} {num_warps} warps {dtype}: {report}"
+            print(kind, width, num_warps, dtype, "no spills")
+    print("OK")
+""")
+
+
+def test_every_triton_launch_compiles_for_hopper_without_spills():
+    """The compiled kernels, not the interpreter's: Triton lowers each launch configuration to PTX for sm_90 and
+    ptxas (shipped with Triton) assembles it, here without a GPU; a register spill would put the points of the
+    register kernel in local memory, every centre of the loop."""
+    triton = pytest.importorskip("triton")
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    if not os.path.exists(ptxas):
+        pytest.skip("this Triton has no bundled ptxas")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.run([sys.executable, "-c", _PTXAS_CHECK], env=env, cwd=root, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.rstrip().endswith("OK"), proc.stdout

@@ -10,8 +10,9 @@ Farthest-point sampling has two backends, chosen by the encoder's `fps_backend`:
     `TRITON_FPS_CHUNK` per centre, with the running nearest distances in a global workspace (L2-resident at these
     sizes). It is used for CUDA tensors of fp16 / bf16 / fp32; anything else (CPU, fp64) takes the torch path.
     Same indices as torch (start at point 0, fp32 squared distances summed as dx*dx + dy*dy + dz*dz without FMA
-    contraction, ties to the lowest index); tested on CPU with Triton's interpreter only. The default stays "torch"
-    until the kernels have been checked and timed on a GPU.
+    contraction, ties to the lowest index), checked on CPU with Triton's interpreter; every launch configuration
+    also compiles for sm_90 without register spills (ptxas, no GPU needed). The default stays "torch" until the
+    kernels have been checked and timed on a GPU.
 Triton is imported only when the triton backend is asked for.
 """
 
@@ -20,8 +21,21 @@ from __future__ import annotations
 import torch
 
 FPS_BACKENDS = ("torch", "triton")
-TRITON_FPS_MAX_POINTS = 16384  # BLOCK (next power of two >= points) must fit one program's registers
+# BLOCK (the next power of two >= points) must fit one program's registers: at 16384 ptxas spills (sm_90, any warps)
+TRITON_FPS_MAX_POINTS = 8192
 TRITON_FPS_CHUNK = 4096  # points per sweep step of the chunked kernel, for clouds larger than that
+
+
+def triton_fps_launch(num_points: int, chunk: int | None = None) -> tuple[str, int, int]:
+    """(kernel "register" or "chunked", BLOCK or CHUNK, num_warps) for a cloud of `num_points`; `chunk` forces the
+    chunked kernel. The warps keep BLOCK / threads <= 16 points per thread (no spills; see the ptxas test)."""
+    if chunk is None and num_points <= TRITON_FPS_MAX_POINTS:
+        block = max(1 << max(num_points - 1, 0).bit_length(), 16)
+        return "register", block, 32 if block >= 8192 else 8 if block >= 2048 else 4
+    chunk = chunk or TRITON_FPS_CHUNK
+    if chunk < 16 or chunk & (chunk - 1):
+        raise ValueError(f"chunk must be a power of two >= 16, got {chunk}")
+    return "chunked", chunk, 8 if chunk >= 2048 else 4
 
 
 def _fp32(t: torch.Tensor) -> torch.Tensor:
@@ -162,21 +176,17 @@ def farthest_point_sample_triton(xyz: torch.Tensor, num_samples: int, chunk: int
     chosen = torch.empty(batch, num_samples, dtype=torch.long, device=xyz.device)
     if batch == 0 or num_samples == 0:
         return chosen
-    triton, kernel, chunked_kernel = _triton_fps_kernels()
+    kind, width, num_warps = triton_fps_launch(num_points, chunk)
+    _, kernel, chunked_kernel = _triton_fps_kernels()
     strides = (xyz.stride(0), xyz.stride(1), xyz.stride(2))
     # no FMA contraction: dx*dx + dy*dy + dz*dz rounds like torch's separate square and sum
-    if chunk is None and num_points <= TRITON_FPS_MAX_POINTS:
-        block = max(triton.next_power_of_2(num_points), 16)
-        num_warps = 16 if block >= 8192 else 8 if block >= 2048 else 4
-        kernel[(batch,)](xyz, chosen, num_points, num_samples, *strides, BLOCK=block, num_warps=num_warps,
+    if kind == "register":
+        kernel[(batch,)](xyz, chosen, num_points, num_samples, *strides, BLOCK=width, num_warps=num_warps,
                          enable_fp_fusion=False)
         return chosen
-    chunk = chunk or TRITON_FPS_CHUNK
-    if chunk < 16 or chunk & (chunk - 1):
-        raise ValueError(f"chunk must be a power of two >= 16, got {chunk}")
     nearest = torch.full((batch, num_points), float("inf"), dtype=torch.float32, device=xyz.device)
-    chunked_kernel[(batch,)](xyz, nearest, chosen, num_points, num_samples, *strides, CHUNK=chunk,
-                             num_warps=8 if chunk >= 2048 else 4, enable_fp_fusion=False)
+    chunked_kernel[(batch,)](xyz, nearest, chosen, num_points, num_samples, *strides, CHUNK=width,
+                             num_warps=num_warps, enable_fp_fusion=False)
     return chosen
 
 
