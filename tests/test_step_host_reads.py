@@ -3,6 +3,11 @@ inside the step), and the log point still reports what happened, skipped non-fin
 
 from __future__ import annotations
 
+import contextlib
+
+import pytest
+import torch
+
 from lavis.common.config import load_config
 from lavis.runners.runner import EpochRunner
 from tests.conftest import REPO, tiny_demo_options
@@ -28,7 +33,7 @@ def train_options(world, out, **run) -> list[str]:
     ]
 
 
-def watch_steps(runner: EpochRunner, reads: HostReads, modalities: list[str]) -> None:
+def watch_steps(runner: EpochRunner, reads: contextlib.AbstractContextManager, modalities: list[str]) -> None:
     """Watch the runner's per-batch forward/backward and its optimizer step (not the data loading, which is host
     work anyway, nor the log point, whose reads are the point of it)."""
     forward_backward, optimizer_step = runner._forward_backward, runner._optimizer_step
@@ -73,3 +78,24 @@ def test_the_watch_sees_a_host_read_in_the_step(tiny_world, tmp_path, monkeypatc
     runner.train(stop_at_step=2)
     assert len(reads.found) == 2 * 2  # per step: Tensor.item, and the aten scalar read behind it
     assert "test_step_host_reads.py" in reads.found[0] and "train_step_reading_its_loss" in reads.found[0]
+
+
+class CudaSyncIsAnError(contextlib.AbstractContextManager):
+    """CUDA's own check: inside, an operation that synchronises with the device raises."""
+
+    def __enter__(self):
+        torch.cuda.set_sync_debug_mode("error")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_steps_on_cuda_never_wait_for_the_device(tiny_world, tmp_path):
+    cfg = load_config(DEMO, train_options(tiny_world, tmp_path / "out", log_every_steps=1000, device="cuda"))
+    runner = EpochRunner(cfg)
+    modalities = []
+    watch_steps(runner, CudaSyncIsAnError(), modalities)
+    runner.train()
+    assert set(modalities) == {"image", "image_region", "pointcloud", "pointcloud_region"}
