@@ -50,11 +50,11 @@ def init_distributed(device: str, timeout_s: int) -> DistInfo:
             timeout=timeout,
             device_id=dev if use_cuda else None,
         )
-        if use_cuda:
-            # Host-side bookkeeping (which tensors have gradients) goes through gloo: reading an NCCL result on the
-            # host would wait for all GPU work queued before it.
-            global _HOST_GROUP
-            _HOST_GROUP = dist.new_group(backend="gloo", timeout=timeout)
+        # Host-side bookkeeping (which tensors have gradients) goes through gloo: reading an NCCL result on the host
+        # would wait for all GPU work queued before it. Made on CPU runs too (where the default group is gloo
+        # already), so the CPU tests run the path the GPU runs take.
+        global _HOST_GROUP
+        _HOST_GROUP = dist.new_group(backend="gloo", timeout=timeout)
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=dev)
 
 
@@ -72,7 +72,7 @@ def _store_for_this_attempt(rank: int, world: int, timeout: datetime.timedelta) 
     return dist.PrefixStore(f"lavis/attempt{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/", store)
 
 
-_HOST_GROUP = None  # a gloo group for CPU tensors when the default group is NCCL; None: the default group serves
+_HOST_GROUP = None  # a gloo group for host (CPU) tensors in a distributed run; None in a single process
 
 
 def is_dist() -> bool:
