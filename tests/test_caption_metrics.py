@@ -216,3 +216,25 @@ def test_compare_table1_prints_paper_and_ours(tmp_path, capsys):
     with pytest.raises(SystemExit):
         compare_table1.main(["--result", f"llama={tmp_path / 'refcoco.json'}"])
     assert "unknown LLM 'llama'" in capsys.readouterr().err
+
+
+def test_training_and_benchmarks_import_without_pycocoevalcap():
+    """pycocoevalcap (with its jars, ~100 MB) is needed only to score captions: the framework imports without it, and
+    scoring then says what to install."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['pycocoevalcap'] = None\n"  # `import pycocoevalcap...` now raises ImportError
+        "import lavis.common.config, lavis.runners.runner, lavis.runners.benchmark, lavis.tasks.captioning\n"
+        "from lavis.common.caption_metrics import CaptionMetricsConfig, coco_caption_scores\n"
+        "gt = {'images': [{'id': 1}], 'annotations': [{'image_id': 1, 'id': 1, 'caption': 'a cat'}]}\n"
+        "try:\n"
+        "    coco_caption_scores([{'image_id': 1, 'caption': 'a cat'}], gt, CaptionMetricsConfig(spice=False))\n"
+        "except ImportError as e:\n"
+        "    print('refused:', e)\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "refused: caption metrics need pycocoevalcap (pip install pycocoevalcap)" in proc.stdout

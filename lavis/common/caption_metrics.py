@@ -17,20 +17,30 @@ import tempfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Optional
 
-from pycocoevalcap import spice as spice_package
-from pycocoevalcap.bleu.bleu import Bleu
-from pycocoevalcap.cider.cider import Cider
-from pycocoevalcap.meteor.meteor import Meteor
-from pycocoevalcap.rouge.rouge import Rouge
-from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
-
-SPICE_DIR = Path(spice_package.__file__).resolve().parent  # pycocoevalcap is a namespace package; spice/ is not
 CORENLP_JARS = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
 CORENLP_CONFIG_KEY = "run.caption_metrics.corenlp_dir"
 METRIC_ORDER = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "SPICE")
 SPICE_HEAP = "8G"  # the heap SPICE's own usage line and pycocoevalcap ask for; CoreNLP's parser needs several GB
+
+
+def evalcap() -> SimpleNamespace:
+    """pycocoevalcap's scorers and its spice/ folder, imported when captions are scored: training and benchmarks run
+    without the package (a 100 MB wheel, with the SPICE jars)."""
+    try:
+        from pycocoevalcap import spice as spice_package
+        from pycocoevalcap.bleu.bleu import Bleu
+        from pycocoevalcap.cider.cider import Cider
+        from pycocoevalcap.meteor.meteor import Meteor
+        from pycocoevalcap.rouge.rouge import Rouge
+        from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+    except ImportError as e:
+        raise ImportError(f"caption metrics need pycocoevalcap (pip install pycocoevalcap): {e}") from e
+    # pycocoevalcap is a namespace package; spice/ is not
+    return SimpleNamespace(Bleu=Bleu, Cider=Cider, Meteor=Meteor, Rouge=Rouge, PTBTokenizer=PTBTokenizer,
+                           spice_dir=Path(spice_package.__file__).resolve().parent)
 
 
 @dataclass
@@ -119,7 +129,7 @@ def tokenize(gts: dict[Any, list[str]], res: dict[Any, list[str]]) -> tuple[dict
     # str.split() also splits on \r, \x1c-\x1f, \u2028 ...: a caption must stay one line for the line-aligned output
     both = {(side, i): [{"caption": " ".join(c.split())} for c in captions]
             for side, group in (("gts", gts), ("res", res)) for i, captions in group.items()}
-    tokenized = PTBTokenizer().tokenize(both)
+    tokenized = evalcap().PTBTokenizer().tokenize(both)
     if any(len(tokenized.get(key, [])) != len(captions) for key, captions in both.items()):
         raise RuntimeError("PTBTokenizer returned a different number of lines than captions it was given")
     return ({i: tokenized[("gts", i)] for i in gts}, {i: tokenized[("res", i)] for i in res})
@@ -128,19 +138,20 @@ def tokenize(gts: dict[Any, list[str]], res: dict[Any, list[str]]) -> tuple[dict
 def standard_scores(gts: dict[Any, list[str]], res: dict[Any, list[str]]
                     ) -> tuple[dict[str, float], dict[Any, dict[str, float]]]:
     """BLEU-1..4, METEOR, ROUGE_L and CIDEr on tokenized captions: corpus scores and per-image scores."""
+    scorers = evalcap()
     corpus: dict[str, float] = {}
     per_metric: dict[str, list[float]] = {}
-    bleu, bleu_per_image = Bleu(4).compute_score(gts, res, verbose=0)
+    bleu, bleu_per_image = scorers.Bleu(4).compute_score(gts, res, verbose=0)
     for n in range(4):
         corpus[f"Bleu_{n + 1}"] = float(bleu[n])
         per_metric[f"Bleu_{n + 1}"] = bleu_per_image[n]
-    meteor = Meteor()
+    meteor = scorers.Meteor()
     try:
         corpus["METEOR"], per_metric["METEOR"] = meteor.compute_score(gts, res)
     finally:
         _stop(meteor.meteor_p)
-    corpus["ROUGE_L"], per_metric["ROUGE_L"] = Rouge().compute_score(gts, res)
-    corpus["CIDEr"], per_metric["CIDEr"] = Cider().compute_score(gts, res)
+    corpus["ROUGE_L"], per_metric["ROUGE_L"] = scorers.Rouge().compute_score(gts, res)
+    corpus["CIDEr"], per_metric["CIDEr"] = scorers.Cider().compute_score(gts, res)
     per_image: dict[Any, dict[str, float]] = defaultdict(dict)
     for name, scores in per_metric.items():
         for image_id, score in zip(gts, scores):
@@ -158,7 +169,7 @@ def _stop(process: subprocess.Popen) -> None:
 def find_corenlp_jars(cfg: CaptionMetricsConfig) -> tuple[list[Path], Optional[str]]:
     """The CoreNLP jars SPICE needs, from cfg.corenlp_dir or else pycocoevalcap's spice/lib, or a message naming the
     absent ones. Only looks: pycocoevalcap's Spice() would start a download here, which hangs or fails offline."""
-    folder = Path(cfg.corenlp_dir).expanduser() if cfg.corenlp_dir else SPICE_DIR / "lib"
+    folder = Path(cfg.corenlp_dir).expanduser() if cfg.corenlp_dir else evalcap().spice_dir / "lib"
     jars = [folder / name for name in CORENLP_JARS]
     absent = [str(jar) for jar in jars if not jar.is_file()]
     if not absent:
@@ -183,7 +194,8 @@ _SPICE_NUM_IMAGES = re.compile(r"num images:\s*(\d+)")
 def spice_score(gts: dict[Any, list[str]], res: dict[Any, list[str]], corenlp_jars: list[Path]
                 ) -> tuple[Optional[float], Optional[str]]:
     """(SPICE, None) on success, (None, why) when the jar fails."""
-    classpath = [SPICE_DIR / "spice-1.0.jar", *sorted((SPICE_DIR / "lib").glob("*.jar")), *corenlp_jars]
+    spice_dir = evalcap().spice_dir
+    classpath = [spice_dir / "spice-1.0.jar", *sorted((spice_dir / "lib").glob("*.jar")), *corenlp_jars]
     items = [{"image_id": n, "test": res[i][0], "refs": gts[i]} for n, i in enumerate(gts)]
     with tempfile.TemporaryDirectory(prefix="lavis_spice_") as scratch:
         input_file = Path(scratch) / "input.json"
