@@ -23,9 +23,18 @@ VALUE_SIZED_OPS = {aten._local_scalar_dense.default, aten.nonzero.default, aten.
                    aten.is_nonzero.default}
 
 
-def _where() -> str:
-    """The innermost frames outside this file and torch's own dispatch machinery."""
+# Reads of tensors that live on the host whatever the run's device, by the source line that makes them (on the CPU
+# every tensor is a host tensor, so the watch cannot tell them apart by device)
+HOST_TENSOR_READS = (
+    "dropout_probability < self.layerdrop",  # transformers < 5.2x OPT: LayerDrop's coin is torch.rand([]) on the CPU
+)
+
+
+def _where() -> str | None:
+    """The innermost frames outside this file and torch's own dispatch machinery; None for a known host-tensor read."""
     frames = [f for f in traceback.extract_stack()[:-2] if f.filename != __file__ and "/torch/" not in f.filename]
+    if frames and any(pattern in (frames[-1].line or "") for pattern in HOST_TENSOR_READS):
+        return None
     return " <- ".join(f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno} {f.name}" for f in reversed(frames[-3:]))
 
 
@@ -45,8 +54,8 @@ class _PythonReads(TorchFunctionMode):
         self.found = found
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func in PYTHON_READS:
-            self.found.append(f"{getattr(func, '__name__', func)} at {_where()}")
+        if func in PYTHON_READS and (where := _where()) is not None:
+            self.found.append(f"{getattr(func, '__name__', func)} at {where}")
         return func(*args, **(kwargs or {}))
 
 
@@ -57,8 +66,8 @@ class _OpReads(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if _syncs(func, args, kwargs):
-            self.found.append(f"{func} at {_where()}")
+        if _syncs(func, args, kwargs) and (where := _where()) is not None:
+            self.found.append(f"{func} at {where}")
         return func(*args, **kwargs)
 
 

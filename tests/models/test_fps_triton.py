@@ -25,9 +25,24 @@ from lavis.models.pointbert.encoder import PointBert, PointBertConfig
 from lavis.models.pointbert.sampling import farthest_point_sample, farthest_point_sample_triton, group_points
 
 _INTERPRETER_CHECK = textwrap.dedent("""
-    import os
+    import os, sys
     assert os.environ["TRITON_INTERPRET"] == "1"
     import torch
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def loop_over_a_runtime_count(out_ptr, count):
+        for i in range(count):
+            tl.store(out_ptr + i, i)
+
+    try:
+        loop_over_a_runtime_count[(1,)](torch.zeros(2, dtype=torch.int32), 2)
+    except Exception as e:  # Triton 3.6's interpreter: int() of a 1-element array, an error under NumPy >= 2.4
+        if "0-dimensional" not in repr(e):
+            raise
+        print(f"SKIP: this Triton ({triton.__version__}) interpreter cannot loop over a runtime count: {e!r}")
+        sys.exit(0)
     from lavis.models.pointbert.sampling import (TRITON_FPS_MAX_POINTS, farthest_point_sample,
                                                  farthest_point_sample_triton)
 
@@ -81,6 +96,8 @@ def test_triton_kernel_matches_torch_under_interpreter():
     proc = subprocess.run([sys.executable, "-c", _INTERPRETER_CHECK], env=env, cwd=root, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    if proc.stdout.startswith("SKIP"):
+        pytest.skip(proc.stdout.strip())
     assert proc.stdout.startswith("OK"), proc.stdout
     assert os.environ.get("TRITON_INTERPRET") == before
 
