@@ -20,7 +20,6 @@ import textwrap
 import pytest
 import torch
 
-from lavis.models.pointbert import sampling
 from lavis.models.pointbert.encoder import PointBert, PointBertConfig
 from lavis.models.pointbert.sampling import farthest_point_sample, farthest_point_sample_triton, group_points
 
@@ -132,7 +131,7 @@ def test_pointbert_triton_backend_config_matches_torch_on_cpu():
 
 def test_missing_triton_gives_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "triton", None)  # makes `import triton` raise ImportError
-    monkeypatch.setattr(sampling, "_TRITON_FPS_KERNELS", None)
+    monkeypatch.delitem(sys.modules, "lavis.models.pointbert.fps_triton", raising=False)
     with pytest.raises(ImportError, match="fps_backend 'triton' needs the `triton` package"):
         farthest_point_sample_triton(torch.zeros(1, 4, 3), 2)
     with pytest.raises(ImportError, match="fps_backend 'triton'"):
@@ -167,7 +166,7 @@ _PTXAS_CHECK = textwrap.dedent("""
     from triton.compiler import ASTSource
     from lavis.models.pointbert.sampling import TRITON_FPS_CHUNK, _triton_fps_kernels, triton_fps_launch
 
-    _, register_kernel, chunked_kernel = _triton_fps_kernels()
+    register_kernel, chunked_kernel = _triton_fps_kernels()
     ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
     scalars = {"num_points": "i32", "num_samples": "i32", "stride_b": "i32", "stride_p": "i32", "stride_c": "i32"}
     # every launch the launcher makes: each register BLOCK width at its boundary sizes, and the chunked kernel
