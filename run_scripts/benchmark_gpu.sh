@@ -13,6 +13,7 @@
 # Environment: PYTHON (default python3), OUT_DIR (default output/benchmark_gpu), STEPS (timed steps, default 10),
 #   BATCH (default: the config's 16), BERT_TOKENIZER / OPT_TOKENIZER (directories of the real bert-base-uncased and
 #   OPT tokenizers; default: the tiny ones written into $OUT_DIR/assets, which only changes the caption token counts).
+# Relative paths are taken from the repository root (the script runs there). A part that fails stops the run.
 # TINY=1 runs the same commands on the tiny demo config: a check of this script on any machine, not a measurement
 # (the CUDA-only parts, checks and maxbatch, are skipped without a GPU).
 set -euo pipefail
@@ -43,26 +44,24 @@ write_tiny_assets(sys.argv[1])" "$ASSETS" >/dev/null
 BERT_TOKENIZER=${BERT_TOKENIZER:-$ASSETS/bert_tokenizer}
 OPT_TOKENIZER=${OPT_TOKENIZER:-$ASSETS/opt}
 
+# the image-region dataset is `refcoco` in both configs; TINY keeps the tiny LLM whatever size a part names
 if [ "${TINY:-0}" = 1 ]; then
   CFG=configs/demo/regionblip_tiny.yaml
-  REGION_DATASET=refcoco
-  llm_options() { echo "model.llm.path=$OPT_TOKENIZER"; }
 else
   CFG=configs/train/regionblip_opt2.7b.yaml
-  REGION_DATASET=refcoco
-  llm_options() { echo "model.llm.path=$OPT_TOKENIZER model.llm.config_path=configs/hf_configs/$1"; }
 fi
 COMMON=(model.random_init=true "model.qformers.blip2.config.tokenizer_path=$BERT_TOKENIZER"
-        "model.qformers.point.config.tokenizer_path=$BERT_TOKENIZER")
-BATCH_ARGS=()
-[ -z "${BATCH:-}" ] || BATCH_ARGS=(--batch-size "$BATCH")
-
-bench() {  # bench <part> <llm config> <benchmark.py arguments...>
+        "model.qformers.point.config.tokenizer_path=$BERT_TOKENIZER" "model.llm.path=$OPT_TOKENIZER")
+bench() {  # bench <part> <LLM architecture in configs/hf_configs> <benchmark.py arguments...>
   local part=$1 llm=$2
   shift 2
+  local options=("${COMMON[@]}") batch=()
+  [ "${TINY:-0}" = 1 ] || options+=("model.llm.config_path=configs/hf_configs/$llm")
+  # BATCH sets the timed batch; a --find-max-batch search starts from the config's
+  [ -z "${BATCH:-}" ] || [[ " $* " == *" --find-max-batch "* ]] || batch=(--batch-size "$BATCH")
   echo "== $part" >&2
-  # shellcheck disable=SC2046  # llm_options prints space-separated key=value words
-  "$PYTHON" tools/benchmark.py --cfg-path "$CFG" --options "${COMMON[@]}" $(llm_options "$llm") "$@" \
+  # ${a[@]+...}: an empty array under `set -u` on any bash
+  "$PYTHON" tools/benchmark.py --cfg-path "$CFG" --options "${options[@]}" "$@" ${batch[@]+"${batch[@]}"} \
     2>&1 | tee "$OUT_DIR/$part.txt"
 }
 
@@ -70,16 +69,16 @@ for part in "${PARTS[@]}"; do
   case $part in
     checks)
       if [ "$has_cuda" = 1 ]; then
-        "$PYTHON" -m pytest -q -p no:cacheprovider tests/models/test_fps_triton.py tests/test_step_host_reads.py \
+        "$PYTHON" -m pytest -q tests/models/test_fps_triton.py tests/test_step_host_reads.py \
           2>&1 | tee "$OUT_DIR/checks.txt"
       else
         echo "== checks: skipped (no CUDA device)" >&2
       fi ;;
     opt2.7b)
-      bench opt2.7b opt-2.7b --steps "$STEPS" --generate-steps 2 "${BATCH_ARGS[@]}" ;;
+      bench opt2.7b opt-2.7b --steps "$STEPS" --generate-steps 2 ;;
     cache)
-      bench cache opt-2.7b --modalities image_region --steps "$STEPS" --generate-steps 0 "${BATCH_ARGS[@]}" \
-        --compare "datasets.$REGION_DATASET.feature_cache_dir=$OUT_DIR/feature_cache" ;;
+      bench cache opt-2.7b --modalities image_region --steps "$STEPS" --generate-steps 0 \
+        --compare "datasets.refcoco.feature_cache_dir=$OUT_DIR/feature_cache" ;;
     maxbatch)
       if [ "$has_cuda" = 1 ]; then
         bench maxbatch_opt2.7b opt-2.7b --find-max-batch
@@ -88,10 +87,10 @@ for part in "${PARTS[@]}"; do
         echo "== maxbatch: skipped (no CUDA device)" >&2
       fi ;;
     compile)
-      bench compile opt-2.7b --steps "$STEPS" --generate-steps 0 "${BATCH_ARGS[@]}" --compare run.compile=true ;;
+      bench compile opt-2.7b --steps "$STEPS" --generate-steps 0 --compare run.compile=true ;;
     fps)
       bench fps opt-2.7b --modalities pointcloud pointcloud_region --steps "$STEPS" --generate-steps 0 \
-        "${BATCH_ARGS[@]}" --compare model.encoders.point.params.fps_backend=triton ;;
+        --compare model.encoders.point.params.fps_backend=triton ;;
   esac
 done
 echo "tables in $OUT_DIR" >&2

@@ -3,7 +3,9 @@
 On a GPU each of these makes the host wait for all queued work (a device sync); on the CPU they cost nothing, so
 a CPU test finds them by watching for them. Two levels are watched: Python-level reads (`item`, `tolist`, `bool`,
 `int`, `float`, `cpu`, `numpy`), seen by a TorchFunctionMode, and the ATen ops behind the others (the scalar read
-under `if tensor:` in library code, boolean-mask indexing, nonzero, unique, ...), seen by a TorchDispatchMode.
+under `if tensor:` in library code, boolean-mask indexing and assignment, nonzero, unique, ...), seen by a
+TorchDispatchMode. Not visible on the CPU, where every tensor already is on the host: copies to the host by other
+means (`.to("cpu")`, `copy_`); the CUDA variant of the tests (torch.cuda.set_sync_debug_mode) covers those.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ def _where() -> str | None:
 def _syncs(func, args, kwargs) -> bool:
     if func in VALUE_SIZED_OPS:
         return True
-    if func is aten.index.Tensor:  # x[mask]: the result's size is the mask's count
+    if func in (aten.index.Tensor, aten.index_put.default, aten.index_put_.default):
+        # x[mask] and x[mask] = v: the mask becomes indices, as many as it has True values
         return any(i is not None and i.dtype == torch.bool for i in args[1])
     if func is aten.repeat_interleave.Tensor:
         return kwargs.get("output_size") is None

@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 
-from lavis.common.checkpoint import latest_checkpoint, load_checkpoint
+from lavis.common.checkpoint import latest_checkpoint, load_checkpoint, save_atomic
 from lavis.runners.runner import NonFiniteError
 from tests.conftest import REPO, toy_run_config, write_yaml
 from tests.test_distributed import torchrun
@@ -105,13 +105,47 @@ def test_nonfinite_steps_in_a_row_stop_with_report_and_last_good_checkpoint(tmp_
     data["model"]["nan_at_calls"] = [3, 4]
     runner = make_runner(tmp_path, data)
     # steps 3 and 4 are skipped; the log point after step 4 reads their flags and stops
-    expected = r"2 optimizer steps in a row .* at step 4 .*checkpoint_00000005\.pth.*Last samples: set_b/toy-"
+    expected = r"2 optimizer steps in a row .* at step 4;.*checkpoint_00000005\.pth.*Samples of step 4: set_b/toy-"
     with pytest.raises(NonFiniteError, match=expected):
         runner.train()
     saved = load_checkpoint(tmp_path / "out" / "checkpoint_00000005.pth")
     assert all(torch.isfinite(v).all() for v in saved["model"].values())
     for name, value in runner.model.trainable_state_dict().items():
         assert torch.equal(saved["model"][name], value), name  # the skipped steps changed nothing
+
+
+def test_a_run_of_skips_stops_at_the_next_log_point_even_after_good_steps(tmp_path):
+    """The flags are read only at log points: steps 1 and 2 reach the limit of 2, steps 3-5 train, and the log point
+    after step 5 still stops the run, saying where the run of skips reached the limit."""
+    data = toy_run_config(tmp_path, max_epoch=1, max_nonfinite_steps_in_row=2, log_every_steps=6)
+    data["model"]["nan_at_calls"] = [1, 2]
+    runner = make_runner(tmp_path, data)
+    expected = r"2 optimizer steps in a row .* at step 2;.*checkpoint_00000006\.pth holds the weights of step 6"
+    with pytest.raises(NonFiniteError, match=expected):
+        runner.train()
+    assert runner.nonfinite_steps == 2 and runner.global_step == 6
+    saved = load_checkpoint(tmp_path / "out" / "checkpoint_00000006.pth")
+    assert all(torch.isfinite(v).all() for v in saved["model"].values())
+    # fused AdamW counted only the 4 applied steps (its step counter is left as it was by a skipped one)
+    assert {float(s["step"]) for s in saved["optimizer"]["state"].values()} <= {2.0, 4.0}
+
+
+def test_resume_from_a_per_tensor_adamw_state_continues_fused(tmp_path):
+    """Checkpoints written before the runner used fused AdamW hold a per-tensor AdamW's state (`fused` unset): a
+    resumed run continues with fused AdamW, whose found_inf the device-side skip needs."""
+    common = {"max_epoch": 2, "ckpt_every_steps": 3, "keep_ckpts": 0}
+    make_runner(tmp_path, toy_run_config(tmp_path, **common)).train(stop_at_step=3)
+    path = tmp_path / "out" / "checkpoint_00000003.pth"
+    state = load_checkpoint(path)
+    for group in state["optimizer"]["param_groups"]:
+        group["fused"] = None  # what torch.optim.AdamW(...) without fused=True saves
+    save_atomic(state, path)
+    resumed = make_runner(tmp_path, toy_run_config(tmp_path, **common, resume_ckpt_path="auto"))
+    assert all(group["fused"] for group in resumed.optimizer.param_groups)
+    poison_gradient_at(resumed.model.heads["vec_a"][1].weight, 0)  # the first resumed step is skipped
+    resumed.train()
+    assert resumed.nonfinite_steps == 1 and resumed.global_step == 12
+    assert all(torch.isfinite(v).all() for v in resumed.model.trainable_state_dict().values())
 
 
 def test_resume_with_changed_model_config_is_refused_unless_allowed(tmp_path):

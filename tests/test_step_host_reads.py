@@ -92,8 +92,10 @@ class CudaSyncIsAnError(contextlib.AbstractContextManager):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_steps_on_cuda_never_wait_for_the_device(tiny_world, tmp_path):
-    cfg = load_config(DEMO, train_options(tiny_world, tmp_path / "out", log_every_steps=1000, device="cuda"))
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])  # fp16: the GradScaler's unscale_ / update and the overflow check
+def test_steps_on_cuda_never_wait_for_the_device(tiny_world, tmp_path, amp):
+    cfg = load_config(DEMO, train_options(tiny_world, tmp_path / "out", log_every_steps=1000, device="cuda",
+                                          amp=amp))
     runner = EpochRunner(cfg)
     modalities = []
     watch_steps(runner, CudaSyncIsAnError(), modalities)

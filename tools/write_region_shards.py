@@ -157,8 +157,8 @@ def scanrefer_samples(args: argparse.Namespace, unreadable: list[str]) -> tuple[
             path = Path(cfg.scannet_data_root) / f"{scene_id}_aligned_vert.npy"
             try:
                 points = stored_cloud(load_array(path), path)
-            except ValueError as e:
-                unreadable.append(f"{path}: {e}")
+            except ValueError as e:  # its message names the file
+                unreadable.append(str(e))
                 continue
             corners, captions, region_ids = [], [], []
             for item in items:

@@ -87,8 +87,13 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
 
 def all_reduce_sum_host(t: torch.Tensor) -> torch.Tensor:
     """Sum a CPU tensor over ranks without waiting for the accelerator (see _HOST_GROUP)."""
-    if is_dist():
-        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=_HOST_GROUP)
+    if not is_dist():
+        return t
+    if _HOST_GROUP is None and dist.get_backend() != "gloo":
+        raise RuntimeError(f"the process group ({dist.get_backend()}) was not set up by lavis.common.dist."
+                           "init_distributed, so there is no gloo group for host tensors; start the run through "
+                           "init_distributed (train.py and evaluate.py do)")
+    dist.all_reduce(t, op=dist.ReduceOp.SUM, group=_HOST_GROUP)
     return t
 
 

@@ -175,6 +175,10 @@ class EpochRunner:
         state = load_checkpoint(path)
         self._check_same_model_config(state["config"]["model"], path)
         self.model.load_trainable_state_dict(state["model"])
+        # The implementation is this run's choice, not the checkpoint's: an optimizer state written by a per-tensor
+        # AdamW (before the step skipped non-finite updates with fused AdamW's found_inf) continues fused.
+        for group in state["optimizer"]["param_groups"]:
+            group["fused"] = True
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         pos = state["position"]
@@ -303,8 +307,9 @@ class EpochRunner:
         self.scaler.unscale_(self.optimizer)
         with_grad = [p for p in self.trainable if p.grad is not None]
         max_norm = self.run.grad_clip_norm if self.run.grad_clip_norm > 0 else float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(with_grad, max_norm) if with_grad else torch.zeros(())
-        bad = torch.stack([~torch.isfinite(step_loss), ~torch.isfinite(norm.to(step_loss.device))]).float()
+        norm = (torch.nn.utils.clip_grad_norm_(with_grad, max_norm) if with_grad
+                else torch.zeros((), device=self.device))
+        bad = torch.stack([~torch.isfinite(step_loss), ~torch.isfinite(norm)]).float()
         loss_bad, grads_bad = dist_utils.all_reduce_sum(bad) > 0  # every rank decides alike
         # fp16: the scale this step ran with, read on the device (GradScaler.get_scale() would wait for it)
         scale = self.scaler._get_scale_async() if self.scaler.is_enabled() else None
@@ -319,8 +324,8 @@ class EpochRunner:
         return lr
 
     def _read_skipped_steps(self) -> None:
-        """Count and log the steps skipped since the last read. Past run.max_nonfinite_steps_in_row in a row, save
-        the weights (untouched by skipped steps: the last good ones) and stop.
+        """Count and log the steps skipped since the last read. Once run.max_nonfinite_steps_in_row were skipped in
+        a row, save a checkpoint and stop: skipped steps change no weight, so it holds no non-finite update.
 
         Under fp16 an overflow while the loss scale is above 1 is the scaler searching for its scale (several in a
         row are usual at the start), not divergence: it is counted and logged but does not count toward the stop."""
@@ -341,10 +346,11 @@ class EpochRunner:
         if diverged is not None:
             path = self.save_checkpoint()
             raise NonFiniteError(
-                f"{diverged.in_row} optimizer steps in a row had non-finite loss or gradients, the last at step "
-                f"{diverged.step} (run.max_nonfinite_steps_in_row = {limit}); they were skipped, so the weights saved "
-                f"in {path} are the last good ones. Last samples: {', '.join(diverged.sample_ids)}. Lower the LR, "
-                "check those samples, or use run.amp=fp32, then resume with run.resume_ckpt_path=auto"
+                f"{diverged.in_row} optimizer steps in a row had non-finite loss or gradients, reaching "
+                f"run.max_nonfinite_steps_in_row = {limit} at step {diverged.step}; they were skipped (a skipped step "
+                f"changes no weight), and {path} holds the weights of step {self.global_step}. Samples of step "
+                f"{diverged.step}: {', '.join(diverged.sample_ids)}. Lower the LR, check those samples, or use "
+                "run.amp=fp32, then resume with run.resume_ckpt_path=auto"
             )
 
     def _flush(self, window: MetricWindow, lr: float, epoch: int, bar: tqdm) -> dict[str, float]:

@@ -304,7 +304,6 @@ def offsets_table(path: Path) -> np.ndarray:
     return table
 
 
-
 class RegionShardMapDataset(Dataset):
     """Random access to the regions of the shards (via the offsets files): a map-style dataset, one item per region.
 
