@@ -102,6 +102,18 @@ def samples(groups: dict[str, dict], image_root: Path, unreadable: list[str]):
 
 
 # ---- point clouds ----------------------------------------------------------------------------------------------------
+def build_or_exit(builder, split: str, what: str):
+    """The builder's dataset of `split`, or exit naming the bad path or file; reports what indexing dropped."""
+    exit_on_problems(builder.check_paths())
+    try:
+        dataset = builder.build(split)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    if dataset.skipped:
+        print(f"skipped {len(dataset.skipped)} {what} while indexing, e.g. {dataset.skipped[0]}")
+    return dataset
+
+
 def stored_cloud(array: np.ndarray, source: Path) -> np.ndarray:
     """The columns the point processor reads: xyz, plus rgb when present (ScanNet's normals are left out)."""
     if array.ndim != 2 or array.shape[1] < 3 or len(array) == 0:
@@ -115,14 +127,7 @@ def objaverse_samples(args: argparse.Namespace, unreadable: list[str]) -> tuple[
                                caption_file=args.cap3d_file or "", test_caption_file=args.test_caption_file or "",
                                test_uids_file=args.test_uids_file or "", num_test=args.num_test,
                                split_seed=args.split_seed)
-    builder = ObjaverseCap3DBuilder(cfg)
-    exit_on_problems(builder.check_paths())
-    try:
-        dataset = builder.build(args.split)
-    except ValueError as e:
-        sys.exit(f"error: {e}")
-    if dataset.skipped:
-        print(f"skipped {len(dataset.skipped)} objects while indexing, e.g. {dataset.skipped[0]}")
+    dataset = build_or_exit(ObjaverseCap3DBuilder(cfg), args.split, "objects")
 
     def generate() -> Iterator[PointRegionSample]:
         for uid, caption, path in dataset.items:
@@ -140,14 +145,8 @@ def scanrefer_samples(args: argparse.Namespace, unreadable: list[str]) -> tuple[
     """One sample per scene of --split: its cloud, and per description the referred object's box corners."""
     cfg = ScanReferConfig(modality="pointcloud_region", annotation_root=args.scanrefer_root,
                           scannet_data_root=args.scannet_data_root or "", train_split=args.split, eval_split=None)
-    builder = ScanReferBuilder(cfg)
-    exit_on_problems(builder.check_paths())
-    try:
-        dataset = builder.build(args.split)  # train_split = split: one item per description
-    except ValueError as e:
-        sys.exit(f"error: {e}")
-    if dataset.skipped:
-        print(f"skipped {len(dataset.skipped)} descriptions while indexing, e.g. {dataset.skipped[0]}")
+    # train_split = split: one item per description
+    dataset = build_or_exit(ScanReferBuilder(cfg), args.split, "descriptions")
     scenes: dict[str, list[dict]] = defaultdict(list)
     for item in dataset.items:
         scenes[item["scene_id"]].append(item)

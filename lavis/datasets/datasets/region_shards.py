@@ -304,7 +304,21 @@ def offsets_table(path: Path) -> np.ndarray:
     return table
 
 
-class RegionShardMapDataset(Dataset):
+class _ShardReader:
+    """What both readers take from `index.json`: the shard files, and the decoder of the payload (checked against
+    the processor they were given)."""
+
+    def _open_index(self, index_file: str | Path, input_processor: BoxImageProcessor | PointCloudProcessor,
+                    text_processor: CaptionProcessor) -> dict[str, Any]:
+        self.index_file = Path(index_file)
+        index = read_index(self.index_file)
+        self.payload = index_payload(index)
+        self.decode = region_decoder(self.index_file, self.payload, input_processor, text_processor)
+        self.shard_files = [str(self.index_file.parent / s["file"]) for s in index["shards"]]
+        return index
+
+
+class RegionShardMapDataset(Dataset, _ShardReader):
     """Random access to the regions of the shards (via the offsets files): a map-style dataset, one item per region.
 
     This is what the runner's sampler needs for its exact, resumable epoch order; it reads one sample's bytes per
@@ -314,12 +328,7 @@ class RegionShardMapDataset(Dataset):
 
     def __init__(self, index_file: str | Path, input_processor: BoxImageProcessor | PointCloudProcessor,
                  text_processor: CaptionProcessor):
-        self.index_file = Path(index_file)
-        index = read_index(self.index_file)
-        self.payload = index_payload(index)
-        self.decode = region_decoder(self.index_file, self.payload, input_processor, text_processor)
-        self.shard_files = [str(self.index_file.parent / s["file"]) for s in index["shards"]]
-        self.shard_regions = {path: int(s["regions"]) for path, s in zip(self.shard_files, index["shards"])}
+        index = self._open_index(index_file, input_processor, text_processor)
         tables = [offsets_table(self.index_file.parent / s["offsets"]) for s in index["shards"]]
         self.shard_of_image = np.concatenate([np.full(len(t), i, dtype=np.int32) for i, t in enumerate(tables)])
         self.offsets = np.concatenate(tables) if tables else np.zeros((0, 5), dtype=np.int64)
@@ -341,7 +350,7 @@ class RegionShardMapDataset(Dataset):
         return self.decode(_stored_region(meta.get("key", f"{Path(shard).stem}:{image}"), data, meta, k))
 
 
-class RegionShardDataset(IterableDataset):
+class RegionShardDataset(IterableDataset, _ShardReader):
     """Streams (region, caption) items from region shards; `len()` is the number of items this rank yields.
     `input_processor`: a BoxImageProcessor for image shards, a PointCloudProcessor for point-cloud shards."""
 
@@ -356,11 +365,7 @@ class RegionShardDataset(IterableDataset):
         shuffle: bool = True,
         shuffle_buffer: int = 1000,
     ):
-        self.index_file = Path(index_file)
-        index = read_index(self.index_file)
-        self.payload = index_payload(index)
-        self.decode = region_decoder(self.index_file, self.payload, input_processor, text_processor)
-        self.shard_files = [str(self.index_file.parent / s["file"]) for s in index["shards"]]
+        index = self._open_index(index_file, input_processor, text_processor)
         self.shard_regions = {path: int(s["regions"]) for path, s in zip(self.shard_files, index["shards"])}
         self.total_regions = int(index["regions"])
         self.name, self.seed, self.shuffle, self.shuffle_buffer = name, seed, shuffle, shuffle_buffer

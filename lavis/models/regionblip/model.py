@@ -90,8 +90,6 @@ class RegionBLIP(BaseModel):
         self.blip2_load: Optional[Blip2LoadReport] = None
         if blip2_state is not None:
             self.blip2_load = self.load_blip2_state(blip2_state, where=str(cfg.blip2_checkpoint_path))
-        # {part: missing keys}, the summary callers check
-        self.blip2_report: dict[str, list[str]] = self.blip2_load.missing if self.blip2_load else {}
         self._add_qformer_adapters()
         self._freeze()
 
@@ -161,6 +159,11 @@ class RegionBLIP(BaseModel):
             # BLIP-2's too (its zero-shot retrieval), and stage 2 has no image-text data that could train them, so
             # the path stays exactly BLIP-2's function and checkpoints do not carry copies of BLIP-2's tensors
             self.heads[name].requires_grad_(False)
+
+    @property
+    def blip2_report(self) -> dict[str, list[str]]:
+        """{part: the BLIP-2 tensors the file lacked}: the summary callers check ({} when no file was loaded)."""
+        return self.blip2_load.missing if self.blip2_load else {}
 
     def train(self, mode: bool = True) -> RegionBLIP:
         """Frozen encoders and frozen Q-Formers stay in eval mode (no dropout), as in BLIP-2."""
