@@ -249,12 +249,15 @@ def test_vqa_accuracy_of_the_generated_answers(tmp_path, assets):
 def test_vqa_right_answers_score_one(tmp_path, assets, monkeypatch):
     calls = []
     right = {qid: answers[0] for qid, _, _, answers, _ in QUESTIONS}
+    agree = {qid: len(set(answers)) == 1 for qid, _, _, answers, _ in QUESTIONS}
     questions = {qid: q for qid, _, q, _, _ in QUESTIONS}
 
     def generate(self, batch, prompts=None, **overrides):
         calls.append(overrides)
         assert prompts == [f"Question: {questions[qid]} Short answer:" for qid in batch["question_id"]]
-        return [right[qid].upper() + "." for qid in batch["question_id"]]  # normalised before matching
+        # as in the official script, only whitespace is cleaned when all ten answers agree, else answers are
+        # normalised
+        return [f" {right[qid]}\n" if agree[qid] else right[qid].upper() + "." for qid in batch["question_id"]]
 
     monkeypatch.setattr(RegionBLIP, "generate", generate)
     evaluate_main(["--cfg-path", str(vqa_config(tmp_path, assets, "vqa_right"))])

@@ -1,7 +1,10 @@
-"""VQAv2 accuracy (answer normalisation and the 10-annotator consensus score) and top-k classification accuracy."""
+"""VQAv2 accuracy as the official evaluation script computes it (GT-Vision-Lab/VQA,
+PythonEvaluationTools/vqaEvaluation/vqaEval.py, current version), quirks included, and top-k classification
+accuracy."""
 
 from __future__ import annotations
 
+import logging
 import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -9,70 +12,128 @@ from typing import Any, Sequence
 
 import torch
 
-# Punctuation the VQA evaluation removes (joined to a word, e.g. "yes!") or turns into a space (between words).
-# The apostrophe is kept for contractions, the period is handled separately so that "2.5" keeps its decimal point.
-PUNCTUATION = set(";/[]\"{}()=+\\_-><@`,?!")
+log = logging.getLogger(__name__)
+
+# The official marks, each removed or turned into a space; the period has its own rule; the apostrophe and the
+# colon are not in the list, so they stay.
+PUNCTUATION = tuple(";/[]\"{}()=+\\_-><@`,?!")
 NUMBER_WORDS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
                 "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
-ARTICLES = {"a", "an", "the"}
-# Contractions written without their apostrophe, mapped to the usual spelling. Words that are also ordinary words
-# without an apostrophe ("its", "were", "ill", "well", "hell", "shell") are deliberately absent.
-CONTRACTIONS = {
-    "aint": "ain't", "arent": "aren't", "cant": "can't", "couldnt": "couldn't", "couldve": "could've",
-    "didnt": "didn't", "doesnt": "doesn't", "dont": "don't", "hadnt": "hadn't", "hasnt": "hasn't",
-    "havent": "haven't", "hed": "he'd", "hes": "he's", "howd": "how'd", "hows": "how's", "id": "i'd",
-    "im": "i'm", "isnt": "isn't", "itd": "it'd", "itll": "it'll", "ive": "i've", "lets": "let's",
-    "mightnt": "mightn't", "mightve": "might've", "mustnt": "mustn't", "mustve": "must've", "neednt": "needn't",
-    "shant": "shan't", "shes": "she's", "shouldnt": "shouldn't", "shouldve": "should've", "thats": "that's",
-    "theres": "there's", "theyd": "they'd", "theyll": "they'll", "theyre": "they're", "theyve": "they've",
-    "wasnt": "wasn't", "wed": "we'd", "werent": "weren't", "weve": "we've", "whats": "what's",
-    "whered": "where'd", "wheres": "where's", "whod": "who'd", "wholl": "who'll", "whos": "who's",
-    "whove": "who've", "whyd": "why'd", "whys": "why's", "wont": "won't", "wouldnt": "wouldn't",
-    "wouldve": "would've", "youd": "you'd", "youll": "you'll", "youre": "you're", "youve": "you've",
-}
-_THOUSANDS_COMMA = re.compile(r"(?<=\d),(?=\d)")  # "1,000": the comma is dropped, not turned into a space
-_PERIOD_NOT_DECIMAL = re.compile(r"(?<!\d)\.|\.(?!\d)")
+ARTICLES = ("a", "an", "the")
+# The official contraction table, entry for entry. Its oddities are kept: the keys "Im", "Ive", "Id've", "I'dve"
+# never match (words are lower-cased first), "lets" and "id" are absent, "let's" and "she's" map to themselves and
+# "somebody'd" maps the other way, to "somebodyd".
+CONTRACTIONS = dict(pair.split("=") for pair in """
+    aint=ain't arent=aren't cant=can't couldve=could've couldnt=couldn't couldn'tve=couldn't've
+    couldnt've=couldn't've didnt=didn't doesnt=doesn't dont=don't hadnt=hadn't hadnt've=hadn't've
+    hadn'tve=hadn't've hasnt=hasn't havent=haven't hed=he'd hed've=he'd've he'dve=he'd've hes=he's howd=how'd
+    howll=how'll hows=how's Id've=I'd've I'dve=I'd've Im=I'm Ive=I've isnt=isn't itd=it'd itd've=it'd've
+    it'dve=it'd've itll=it'll let's=let's maam=ma'am mightnt=mightn't mightnt've=mightn't've
+    mightn'tve=mightn't've mightve=might've mustnt=mustn't mustve=must've neednt=needn't notve=not've
+    oclock=o'clock oughtnt=oughtn't ow's'at='ow's'at 'ows'at='ow's'at 'ow'sat='ow's'at shant=shan't
+    shed've=she'd've she'dve=she'd've she's=she's shouldve=should've shouldnt=shouldn't
+    shouldnt've=shouldn't've shouldn'tve=shouldn't've somebody'd=somebodyd somebodyd've=somebody'd've
+    somebody'dve=somebody'd've somebodyll=somebody'll somebodys=somebody's someoned=someone'd
+    someoned've=someone'd've someone'dve=someone'd've someonell=someone'll someones=someone's
+    somethingd=something'd somethingd've=something'd've something'dve=something'd've somethingll=something'll
+    thats=that's thered=there'd thered've=there'd've there'dve=there'd've therere=there're theres=there's
+    theyd=they'd theyd've=they'd've they'dve=they'd've theyll=they'll theyre=they're theyve=they've
+    twas='twas wasnt=wasn't wed've=we'd've we'dve=we'd've weve=we've werent=weren't whatll=what'll
+    whatre=what're whats=what's whatve=what've whens=when's whered=where'd wheres=where's whereve=where've
+    whod=who'd whod've=who'd've who'dve=who'd've wholl=who'll whos=who's whove=who've whyll=why'll whyre=why're
+    whys=why's wont=won't wouldve=would've wouldnt=wouldn't wouldnt've=wouldn't've wouldn'tve=wouldn't've
+    yall=y'all yall'll=y'all'll y'allll=y'all'll yall'd've=y'all'd've y'alld've=y'all'd've y'all'dve=y'all'd've
+    youd=you'd youd've=you'd've you'dve=you'd've youll=you'll youre=you're youve=you've
+""".split())
+# Digits are ASCII: the official script is Python 2 and its patterns carry no re.UNICODE flag.
+_DIGIT_COMMA_DIGIT = re.compile(r"[0-9],[0-9]")
+# The official period pattern opens with a broken lookbehind ("(?!<=" is a lookahead for the text "<=" and always
+# passes), so a period is dropped unless a digit follows: "2.5", ".5" and "v.2" keep theirs.
+_PERIOD = re.compile(r"\.(?![0-9])")
+# The official script passes re.UNICODE (= 32) where re.sub takes its count: at most 32 periods go.
+_PERIOD_LIMIT = 32
+NORMALIZATIONS = ("official", "clean")
 
 
-def normalize_answer(answer: str) -> str:
-    """Lower-case; punctuation removed or turned into spaces; number words to digits; articles dropped;
-    apostrophe-less contractions restored ("dont" -> "don't")."""
-    text = answer.replace("\n", " ").replace("\t", " ").strip().lower()
-    text = _THOUSANDS_COMMA.sub("", text)
-    for mark in PUNCTUATION & set(text):
-        # a mark touching a space ("yes !", "(red") is noise; one inside a word ("t-shirt") separates words
-        joined = f"{mark} " in text or f" {mark}" in text
-        text = text.replace(mark, "" if joined else " ")
-    text = _PERIOD_NOT_DECIMAL.sub("", text)
-    words = [NUMBER_WORDS.get(word, word) for word in text.split()]
+def _clean_whitespace(text: str) -> str:
+    return text.replace("\n", " ").replace("\t", " ").strip()
+
+
+def _process_punctuation(text: str) -> str:
+    # Decided per mark on the input text: a mark next to a space anywhere is deleted everywhere, otherwise every
+    # copy becomes a space; a digit-comma-digit anywhere ("1,000") deletes every mark ("1,000 t-shirts" ->
+    # "1000 tshirts").
+    drop_all = _DIGIT_COMMA_DIGIT.search(text) is not None
+    out = text
+    for mark in PUNCTUATION:
+        delete = drop_all or f"{mark} " in text or f" {mark}" in text
+        out = out.replace(mark, "" if delete else " ")
+    return _PERIOD.sub("", out, count=_PERIOD_LIMIT)
+
+
+def _lower(text: str) -> str:
+    # Python 2 lower-cases char by char (simple case mapping): "\u0130" -> "i", and a final sigma is not special
+    return text.lower() if text.isascii() else "".join(ch.lower()[:1] for ch in text)
+
+
+def _process_words(text: str) -> str:
+    # number words become digits before the articles go; contractions come last
+    words = [NUMBER_WORDS.get(word, word) for word in _lower(text).split()]
     return " ".join(CONTRACTIONS.get(word, word) for word in words if word not in ARTICLES)
 
 
-def question_accuracy(prediction: str, gt_answers: Sequence[str]) -> float:
-    """Mean over the leave-one-annotator-out subsets of min(1, matches / 3); with 10 annotators, 1 match scores
-    0.3, 2 score 0.6, 3 score 0.9 and 4 or more 1.0. Both sides are normalised.
+def normalize_answer(answer: str) -> str:
+    """The official answer processing: newline/tab to space and strip, punctuation, then lower-case, number words
+    to digits, articles dropped, apostrophe-less contractions restored ("dont" -> "don't")."""
+    return _process_words(_process_punctuation(_clean_whitespace(answer)))
 
-    (The official script leaves the references unnormalised when all of them agree; normalising them always only
-    differs where that single shared reference is itself unnormalised, e.g. ten times "Two".)"""
-    if len(gt_answers) < 2:
-        raise ValueError(f"leave-one-annotator-out needs at least 2 ground-truth answers, got {len(gt_answers)}")
-    prediction = normalize_answer(prediction)
-    matches = [normalize_answer(answer) == prediction for answer in gt_answers]
-    total = sum(matches)
-    return sum(min(1.0, (total - left_out) / 3) for left_out in matches) / len(matches)
+
+def _score(prediction: str, gt_answers: Sequence[str | dict], normalization: str) -> tuple[float, bool]:
+    """(accuracy, whether some answer entries are equal and so are left out together)."""
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+    if not gt_answers:
+        raise ValueError("VQA accuracy needs at least one ground-truth answer")
+    texts = [_clean_whitespace(a["answer"] if isinstance(a, dict) else a) for a in gt_answers]
+    prediction = _clean_whitespace(prediction)
+    # Official quirk: when the (whitespace-cleaned) answers all agree, neither side is processed further, so
+    # "Yes" or "yes." against ten "yes" scores 0. "clean" processes both sides always.
+    if normalization == "clean" or len(set(texts)) > 1:
+        texts = [_process_words(_process_punctuation(t)) for t in texts]
+        prediction = _process_words(_process_punctuation(prediction))
+    # Official quirk: "the other answers" are the entries unequal to the left-out one, compared as whole dicts
+    # (after processing). VQAv2's answer_id keeps them distinct; entries without one that are equal are left out
+    # together. A plain string is one annotator.
+    entries = [{**a, "answer": t} if isinstance(a, dict) else i for i, (a, t) in enumerate(zip(gt_answers, texts))]
+    shared = False
+    per_left_out = []
+    for left_out in entries:
+        others = [t for entry, t in zip(entries, texts) if entry != left_out]
+        shared = shared or len(others) < len(entries) - 1
+        per_left_out.append(min(1, sum(t == prediction for t in others) / 3))
+    return sum(per_left_out) / len(per_left_out), shared
+
+
+def question_accuracy(prediction: str, gt_answers: Sequence[str | dict], normalization: str = "official") -> float:
+    """The mean over the left-out annotators of min(1, matches among the others / 3): with 10 distinct annotators
+    1 match scores 0.3, 2 score 0.6, 3 score 0.9 and 4 or more 1.0 (a single answer scores 0, as there).
+    gt_answers: strings or VQA answer dicts ({"answer", "answer_id", ...})."""
+    return _score(prediction, gt_answers, normalization)[0]
 
 
 @dataclass
 class VQAReport:
-    overall: float  # in [0, 1]
+    overall: float  # in [0, 1], unrounded (the official script reports round(100 * x, 2))
     per_answer_type: dict[str, float] = field(default_factory=dict)
     per_question: dict[Any, float] = field(default_factory=dict)
+    per_question_type: dict[str, float] = field(default_factory=dict)
 
 
-def vqa_accuracy(predictions: list[dict], annotations: list[dict]) -> VQAReport:
+def vqa_accuracy(predictions: list[dict], annotations: list[dict], normalization: str = "official") -> VQAReport:
     """predictions: VQA results [{"question_id", "answer"}]; annotations: VQA annotations
-    [{"question_id", "answers": [{"answer"}, ...] or [str, ...], "answer_type" (optional)}]. Every annotated
-    question must be answered exactly once."""
+    [{"question_id", "answers": [{"answer", ...}, ...] or [str, ...], "answer_type", "question_type" (both
+    optional)}]. Every annotated question must be answered exactly once. normalization: "official" (default) or
+    "clean" (the same processing, applied also when all answers agree)."""
     by_question = {a["question_id"]: a for a in annotations}
     counts = Counter(p["question_id"] for p in predictions)
     duplicated = [q for q, n in counts.items() if n > 1]
@@ -83,17 +144,24 @@ def vqa_accuracy(predictions: list[dict], annotations: list[dict]) -> VQAReport:
         if ids:
             raise ValueError(f"{len(ids)} question ids are {problem}, e.g. {ids[:5]}")
     per_question: dict[Any, float] = {}
-    by_type: dict[str, list[float]] = defaultdict(list)
-    for p in predictions:
-        annotation = by_question[p["question_id"]]
-        answers = [a["answer"] if isinstance(a, dict) else a for a in annotation["answers"]]
-        accuracy = question_accuracy(p["answer"], answers)
-        per_question[p["question_id"]] = accuracy
-        if "answer_type" in annotation:
-            by_type[annotation["answer_type"]].append(accuracy)
+    by_type: dict[str, dict[str, list[float]]] = {"answer_type": defaultdict(list), "question_type": defaultdict(list)}
+    shared = []
+    answers = {p["question_id"]: p["answer"] for p in predictions}
+    for question_id, annotation in by_question.items():  # annotation order, as there: same float sums
+        accuracy, has_shared = _score(answers[question_id], annotation["answers"], normalization)
+        per_question[question_id] = accuracy
+        if has_shared:
+            shared.append(question_id)
+        for key, lists in by_type.items():
+            if key in annotation:
+                lists[annotation[key]].append(accuracy)
+    if shared:
+        log.warning("%d questions have equal answer entries (no answer_id?), left out together as the official "
+                    "script does, e.g. %s", len(shared), shared[:5])
     overall = sum(per_question.values()) / max(len(per_question), 1)
-    return VQAReport(overall=overall, per_answer_type={t: sum(v) / len(v) for t, v in sorted(by_type.items())},
-                     per_question=per_question)
+    means = {key: {t: sum(v) / len(v) for t, v in sorted(lists.items())} for key, lists in by_type.items()}
+    return VQAReport(overall=overall, per_answer_type=means["answer_type"], per_question=per_question,
+                     per_question_type=means["question_type"])
 
 
 def zero_shot_classification_accuracy(logits_or_scores: torch.Tensor, labels: torch.Tensor,
