@@ -30,6 +30,8 @@ def test_single_and_two_process_evaluation_agree(tmp_path):
     metrics = json.loads((one / "set_a_test_metrics.json").read_text())
     assert {"Bleu_1", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr"} <= set(metrics["metrics"])
     assert metrics["samples"] == 16 and metrics["skipped"] == 0
+    assert (metrics["gt_items"], metrics["scored_items"], metrics["missing_items"]) == (16, 16, 0)
+    assert metrics["missing_ids"] == [] and metrics["incomplete"] is False
 
     cfg_path = write_yaml(tmp_path / "eval2.yaml", eval_config(tmp_path, "two"))
     result = torchrun(2, str(REPO / "evaluate.py"), "--cfg-path", str(cfg_path))
@@ -39,7 +41,7 @@ def test_single_and_two_process_evaluation_agree(tmp_path):
     assert json.loads((two / "set_a_test_metrics.json").read_text())["metrics"] == metrics["metrics"]
 
 
-def test_bad_samples_are_listed_and_too_many_stop_the_run(tmp_path):
+def test_bad_samples_are_listed_and_too_many_stop_the_run(tmp_path, capfd):
     from lavis.runners.runner import BadDataError
 
     data = eval_config(tmp_path, "tolerant")
@@ -50,6 +52,15 @@ def test_bad_samples_are_listed_and_too_many_stop_the_run(tmp_path):
     out = tmp_path / "tolerant"
     metrics = json.loads((out / "set_a_test_metrics.json").read_text())
     assert metrics["samples"] == 12 and metrics["skipped"] == 4 and "CIDEr" in metrics["metrics"]
+    # scored over 12 of the 16 ground-truth images: the file says so
+    assert (metrics["gt_items"], metrics["scored_items"], metrics["missing_items"]) == (16, 12, 4)
+    assert metrics["missing_ids"] == [0, 4, 8, 12] and metrics["incomplete"] is True
+    assert "gt_items" not in json.loads((out / "set_b_test_metrics.json").read_text())  # no ground truth to count
+    log = capfd.readouterr().err
+    assert "CIDEr" in log and "* incomplete: 12 of 16 ground-truth items scored" in log  # the table's footnote
+    assert (f"set_a (test): incomplete: 12 of 16 ground-truth items scored; not comparable with full-set numbers (4 "
+            f"missing, e.g. [0, 4, 8, 12]; 4 bad samples skipped, listed in {out / 'set_a_test_bad_samples.jsonl'}); "
+            f"{out / 'set_a_test_metrics.json'} says incomplete: true") in log
     rows = [json.loads(line) for line in (out / "set_a_test_bad_samples.jsonl").read_text().splitlines()]
     assert sorted(r["sample_id"] for r in rows) == ["toy-0", "toy-12", "toy-4", "toy-8"]
     assert all(r["reason"] == "unreadable on purpose" for r in rows)

@@ -4,6 +4,10 @@ Scores exactly the image ids present in the results, after checking them against
 Stanford CoreNLP 3.6.0 jars, which pycocoevalcap does not ship and would try to download on first use; here they are
 looked for (never downloaded) and, when absent, SPICE is left out with a message in `CaptionReport.missing` while the
 other metrics are still computed.
+
+A result set that lacks some ground-truth images is scored over the rest: `coverage` turns the counts into the
+metrics-file keys (`gt_items`, `scored_items`, `missing_items`, `missing_ids`, `incomplete`) and `format_table` marks
+such numbers with `*`, since they are not comparable with full-set ones.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any, Optional
 CORENLP_JARS = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
 CORENLP_CONFIG_KEY = "run.caption_metrics.corenlp_dir"
 METRIC_ORDER = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "SPICE")
+MAX_LISTED_IDS = 20  # missing ids written to a metrics file; missing_items counts them all
 SPICE_HEAP = "8G"  # the heap SPICE's own usage line and pycocoevalcap ask for; CoreNLP's parser needs several GB
 
 
@@ -54,7 +59,13 @@ class CaptionReport:
     metrics: dict[str, float]  # corpus scores in [0, 1] (CIDEr can exceed 1), keys in METRIC_ORDER
     missing: list[str] = field(default_factory=list)  # what was not computed or not covered, and why
     per_image: dict[Any, dict[str, float]] = field(default_factory=dict)  # every metric but SPICE, per image id
-    num_images: int = 0
+    num_images: int = 0  # images scored
+    num_ground_truth: int = 0  # images in the ground truth; 0: not known
+    unscored_ids: list = field(default_factory=list)  # ground-truth image ids without a result
+
+    @property
+    def incomplete(self) -> bool:
+        return self.num_images < self.num_ground_truth
 
 
 def coco_caption_scores(results: list[dict], ground_truth: dict | str | Path,
@@ -80,7 +91,10 @@ def coco_caption_scores(results: list[dict], ground_truth: dict | str | Path,
                 metrics["SPICE"] = spice
         if problem is not None:
             missing.append(problem)
-    return CaptionReport(metrics=metrics, missing=missing, per_image=per_image, num_images=len(ids))
+    # ids are all int or all str in practice; the type name keeps a mixed set sortable
+    unscored_ids = sorted((i for i in references if i not in candidates), key=lambda i: (type(i).__name__, i))
+    return CaptionReport(metrics=metrics, missing=missing, per_image=per_image, num_images=len(ids),
+                         num_ground_truth=len(references), unscored_ids=unscored_ids)
 
 
 def load_references(ground_truth: dict | str | Path) -> dict[Any, list[str]]:
@@ -214,10 +228,25 @@ def spice_score(gts: dict[Any, list[str]], res: dict[Any, list[str]], corenlp_ja
     return float(score.group(1)), None
 
 
+def coverage(ground_truth: int, scored: int, missing_ids: list) -> dict[str, Any]:
+    """The completeness keys of a metrics file: how many ground-truth items there are, how many were scored."""
+    return {"gt_items": ground_truth, "scored_items": scored, "missing_items": ground_truth - scored,
+            "missing_ids": list(missing_ids[:MAX_LISTED_IDS]), "incomplete": scored < ground_truth}
+
+
+def incomplete_note(gt_items: int, scored_items: int) -> str:
+    return (f"incomplete: {scored_items} of {gt_items} ground-truth items scored; not comparable with full-set "
+            "numbers")
+
+
 def format_table(report: CaptionReport) -> str:
-    """The metrics x100 with one decimal, as papers report them, one per line."""
+    """The metrics x100 with one decimal, as papers report them, one per line; `*` and a footnote when some
+    ground-truth images have no result."""
     names = [n for n in METRIC_ORDER if n in report.metrics] + [n for n in report.metrics if n not in METRIC_ORDER]
     width = max(len(n) for n in names + ["metric"])
+    mark = "*" if report.incomplete else ""
     lines = [f"{'metric':<{width}}  score  ({report.num_images} images)"]
-    lines += [f"{name:<{width}}  {100 * report.metrics[name]:5.1f}" for name in names]
+    lines += [f"{name:<{width}}  {100 * report.metrics[name]:5.1f}{mark}" for name in names]
+    if report.incomplete:
+        lines.append(f"* {incomplete_note(report.num_ground_truth, report.num_images)}")
     return "\n".join(lines)

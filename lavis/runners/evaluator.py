@@ -13,6 +13,11 @@ A task evaluates with `eval_step(model, batch) -> [result dict per sample]`. It 
 features) and `finish_eval(results, dataset, ds_cfg, stem) -> {report fields}` (rank 0, on the results of all
 ranks: writes its own results files next to `stem` and scores them). Without `finish_eval` the results are
 captions, scored with the COCO caption metrics against `eval_gt_file`.
+
+A scored metrics file also says how much of the ground truth it covers: `gt_items`, `scored_items`, `missing_items`,
+`missing_ids` (at most 20) and `incomplete` (captioning: the images of `eval_gt_file`; a `finish_eval` task: the
+samples of the split, whose annotations or labels it scores). Incomplete results are listed again at the end of the
+run: their numbers are not comparable with full-set ones.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from typing import Any
 from tqdm import tqdm
 
 from lavis.common import dist as dist_utils
-from lavis.common.caption_metrics import format_table
+from lavis.common.caption_metrics import coverage, format_table, incomplete_note
 from lavis.common.config import ResolvedConfig
 from lavis.common.registry import TASKS
 from lavis.datasets.loaders import build_eval_loader, move_to
@@ -53,6 +58,10 @@ class Evaluator:
     def evaluate(self) -> dict[str, dict[str, Any]]:
         self.model.eval()
         reports = {name: self._evaluate_one(name) for name in self.eval_sets}
+        if self.dist.is_main:
+            for report in reports.values():
+                if report.get("incomplete"):
+                    log.warning("%s", self._incomplete_message(report))
         # every rank holds the same gathered counts, so all ranks raise together (no rank waits in a collective)
         failures = [report["bad_data"] for report in reports.values() if "bad_data" in report]
         if failures:
@@ -98,6 +107,8 @@ class Evaluator:
                 log.error("eval %s", report["bad_data"])
             elif hasattr(self.task, "finish_eval"):
                 report.update(self.task.finish_eval(results, dataset, ds_cfg, stem))
+                if "metrics" in report and "incomplete" not in report:
+                    report.update(coverage(len(dataset), len(results), sorted((s for s, _ in skipped), key=str)))
             else:
                 report.update(self._finish_captions(name, ds_cfg, results, stem))
             if "bad_data" not in report:
@@ -119,4 +130,17 @@ class Evaluator:
         log.info("%s (%s, %d samples):\n%s", name, ds_cfg.eval_split, len(results), format_table(scored))
         for message in scored.missing:
             log.warning("%s", message)
-        return {"metrics": scored.metrics, "missing": scored.missing}
+        return {"metrics": scored.metrics, "missing": scored.missing,
+                **coverage(scored.num_ground_truth, scored.num_images, scored.unscored_ids)}
+
+    def _incomplete_message(self, report: dict[str, Any]) -> str:
+        stem = self.output_dir / f"{report['dataset']}_{report['split']}"
+        missing = f"{report['missing_items']} missing, e.g. {report['missing_ids'][:5]}"
+        if report["skipped"]:
+            missing += (f"; {report['skipped']} bad samples skipped, listed in "
+                        f"{stem.with_name(stem.name + '_bad_samples.jsonl')}")
+        note = incomplete_note(report["gt_items"], report["scored_items"])
+        metrics_file = stem.with_name(stem.name + "_metrics.json")
+        return (f"{report['dataset']} ({report['split']}): {note} ({missing}); {metrics_file} says incomplete: "
+                "true. Restore the missing items (fix the bad samples, or the ground truth / eval split if they "
+                "differ) and evaluate again for a full-set number")
