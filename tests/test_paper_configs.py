@@ -83,6 +83,24 @@ def test_training_config_follows_the_paper(path: Path, weights):
     assert objects.dropout_max_ratio > 0 and objects.scale_low < objects.scale_high and objects.rotate_z_max_deg > 0
     assert scenes.dropout_max_ratio > 0 and scenes.scale_low < scenes.scale_high
     assert no_pafe(cfg) == path.stem.endswith("_no_pafe")
+    assert_reference_conventions(cfg, training=True)
+
+
+def assert_reference_conventions(cfg, training: bool) -> None:
+    """The reference's data conventions where they are not bugs: whole-pixel 2D boxes, ScanRefer in raw metres
+    (Objaverse normalised), FPS from a random point in training only; its y/z-swapped 3D corners are not the default."""
+    for name, ds in cfg.datasets.items():
+        builder = ds.builder or name
+        if builder == "refcoco" and not getattr(ds, "crop_to_box", False):
+            assert (ds.train_image if training else ds.eval_image).truncate_box_pixels
+        if builder in ("objaverse_cap3d", "scanrefer"):
+            points = ds.train_processor if training else ds.eval_processor
+            assert points.normalize == (builder == "objaverse_cap3d")
+            assert points.fps_start == ("random" if training else "first")
+            assert not points.use_color
+        region = cfg.model.modalities[ds.modality].region
+        assert ds.region_kind == region  # resolved from the modality
+        assert region in (None, "box2d", "box3d_corners")
 
 
 def claim_of(stem: str) -> tuple[str, str, str]:
@@ -121,8 +139,9 @@ def test_eval_config_matches_its_paper_cell(path: Path, weights):
         return
     assert cfg.run.task == "captioning"
     assert ds.eval_gt_file == f"data/gt/{'coco_karpathy' if cell == 'coco' else cell}_{split}.json"
+    assert_reference_conventions(cfg, training=False)
     if kind == "blip2_crop":
-        assert ds.modality == "image" and ds.crop_to_box
+        assert ds.modality == "image" and ds.crop_to_box and not ds.eval_image.truncate_box_pixels
         assert cfg.model.modalities["image"].lora is False and cfg.run.load_ckpt_path is None
         return
     assert ds.modality == modality and not getattr(ds, "crop_to_box", False)

@@ -5,7 +5,7 @@
     python tools/caption.py --cfg-path CONFIG.yaml --ckpt CKPT --points scene.npy --box3d 1.0 2.0 0.5 0.6 0.6 1.2
 
 --box is x1 y1 x2 y2 in pixels; --box3d is the box's centre and full size (cx cy cz dx dy dz), or its 8 corners
-(24 numbers, in the corner order of lavis/processors/point_processors.py), in the cloud's own frame.
+(24 numbers, in the corner layout of the modality's region kind), in the cloud's own frame.
 --modality defaults to image_region / image (with / without --box) and pointcloud_region / pointcloud. A box given
 to a modality without a region is cropped out and captioned as a plain image (the BLIP-2 crop baseline).
 The input goes through the evaluation processor of a dataset of that modality in the config (image size, number
@@ -31,11 +31,17 @@ from lavis.datasets.annotation_io import load_array
 from lavis.datasets.datasets.refcoco import box_pixel_bounds
 from lavis.datasets.datasets.scanrefer import read_ply_vertices
 from lavis.datasets.loaders import Collator
-from lavis.processors.image_processors import BoxImageProcessor, ImageReadError, check_box, load_rgb_image
+from lavis.models.regionblip.region import corner_layout
+from lavis.processors.image_processors import (
+    BoxImageProcessor,
+    ImageReadError,
+    check_box,
+    load_rgb_image,
+    truncated_box_pixels,
+)
 from lavis.processors.point_processors import (
     PointCloudError,
     PointCloudProcessor,
-    box_corners,
     corners_to_geometry,
 )
 from lavis.runners.setup import resolve_load_path
@@ -93,6 +99,8 @@ def image_item(cfg: ResolvedConfig, args: argparse.Namespace, region: Optional[s
     except ValueError as e:
         raise ValueError(f"--box {' '.join(f'{v:g}' for v in args.box)}: {e}; give x1 y1 x2 y2 in pixels, "
                          f"0 <= x1 < x2 <= {image.width}, 0 <= y1 < y2 <= {image.height}") from None
+    if processor.cfg.truncate_box_pixels:  # as the evaluation datasets read their boxes
+        box = truncated_box_pixels(box, image.width, image.height)
     if region is None:  # a holistic modality: caption the crop, as the BLIP-2 baseline does
         return {"image": processor(image.crop(box_pixel_bounds(box)))[0]}
     pixels, geometry = processor(image, box)
@@ -106,15 +114,18 @@ def point_item(cfg: ResolvedConfig, args: argparse.Namespace, region: Optional[s
     if not args.points.is_file():
         raise ValueError(f"--points {args.points}: no such file")
     array = read_ply_vertices(args.points) if args.points.suffix == ".ply" else load_array(args.points)
-    if region is not None and region != "box3d_corners":
-        raise ValueError(f"modality '{args.modality}' expects a '{region}' region; --box3d gives box3d_corners")
+    try:
+        layout = None if region is None else corner_layout(region)  # the model's corner layout
+    except ValueError:
+        raise ValueError(f"modality '{args.modality}' expects a '{region}' region; --box3d gives 3D box "
+                         "corners") from None
     if (region is None) != (args.box3d is None):
         need = "takes no --box3d" if region is None else "captions a region: give --box3d cx cy cz dx dy dz"
         raise ValueError(f"modality '{args.modality}' {need}")
     corners = None
     if args.box3d is not None:
         values = torch.tensor(args.box3d, dtype=torch.float32)
-        corners = box_corners(values[:3], values[3:]) if len(values) == 6 else values.reshape(8, 3)
+        corners = layout(values[:3], values[3:]) if len(values) == 6 else values.reshape(8, 3)
         if len(values) == 6 and (values[3:] <= 0).any():
             raise ValueError(f"--box3d size {values[3:].tolist()} must be positive")
     try:

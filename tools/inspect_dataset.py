@@ -6,6 +6,8 @@
 
 --config takes a run YAML (pick the entry with --dataset) or a YAML holding one dataset entry. Images are drawn
 with their 2D box; point clouds as a top-down (x-y) and a front (x-z) orthographic view with the 3D box's edges.
+Without a model config, 3D corners are laid out as `box3d_corners`; `--options region_kind=box3d_corners_reference`
+draws the reference's layout (both orders share the edges drawn).
 """
 
 from __future__ import annotations

@@ -14,9 +14,10 @@ Images: one tar sample per image, its encoded bytes plus {boxes, captions, image
 captions describe the whole image, so their box is the whole image. Point clouds: one tar sample per object or
 scene, its points as .npy (float32 xyz, plus rgb where the file has colour) plus {boxes, captions, image_id,
 region_ids}. An Objaverse caption describes the whole object (box null); a ScanRefer description its object, whose
-box is stored as 8 corners from `{scene}_aligned_bbox.npy`. The objects of an Objaverse split are chosen exactly as
-the `objaverse_cap3d` dataset chooses them (--test-caption-file / --test-uids-file / the seeded --num-test draw).
-Files that cannot be read are reported and left out. Read the shards with the `region_shards` dataset builder.
+box is stored as 8 corners from `{scene}_aligned_bbox.npy`, laid out as --region-kind. The objects of an Objaverse
+split are chosen exactly as the `objaverse_cap3d` dataset chooses them (--test-caption-file / --test-uids-file / the
+seeded --num-test draw). Files that cannot be read are reported and left out. Read the shards with the
+`region_shards` dataset builder.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from PIL import Image, UnidentifiedImageError
 from lavis.datasets.annotation_io import load_array
 from lavis.datasets.base import BadSampleError
 from lavis.datasets.builders.point_builders import (
+    DEFAULT_CORNER_KIND,
     ObjaverseCap3DBuilder,
     ObjaverseCap3DConfig,
     ScanReferBuilder,
@@ -144,7 +146,8 @@ def objaverse_samples(args: argparse.Namespace, unreadable: list[str]) -> tuple[
 def scanrefer_samples(args: argparse.Namespace, unreadable: list[str]) -> tuple[Iterator[PointRegionSample], int]:
     """One sample per scene of --split: its cloud, and per description the referred object's box corners."""
     cfg = ScanReferConfig(modality="pointcloud_region", annotation_root=args.scanrefer_root,
-                          scannet_data_root=args.scannet_data_root or "", train_split=args.split, eval_split=None)
+                          scannet_data_root=args.scannet_data_root or "", train_split=args.split, eval_split=None,
+                          region_kind=args.region_kind)
     # train_split = split: one item per description
     dataset = build_or_exit(ScanReferBuilder(cfg), args.split, "descriptions")
     scenes: dict[str, list[dict]] = defaultdict(list)
@@ -191,6 +194,9 @@ def main(argv: list[str] | None = None) -> Path:
     scanrefer = parser.add_argument_group("ScanRefer (splits train / val)")
     scanrefer.add_argument("--scanrefer-root", help="holds ScanRefer_filtered_{split}.json")
     scanrefer.add_argument("--scannet-data-root", help="scannet_data/: {scene}_aligned_vert.npy, _aligned_bbox.npy")
+    scanrefer.add_argument("--region-kind", default=DEFAULT_CORNER_KIND,
+                           help="the corner layout of the boxes, a 3D corner region kind (box3d_corners_reference: "
+                           "the reference's); recorded in index.json and checked against the dataset's region_kind")
     parser.add_argument("--out", required=True, help="output folder: regions-*.tar and index.json")
     parser.add_argument("--max-per-shard", type=int, default=1000, help="images or point clouds per shard")
     args = parser.parse_args(argv)
@@ -209,7 +215,9 @@ def main(argv: list[str] | None = None) -> Path:
                      "annotations name")
         groups = region_groups(args)
         stream, total, what = samples(groups, Path(args.image_root), unreadable), len(groups), "images"
-    index = write_region_shards(stream, args.out, max_per_shard=args.max_per_shard, total=total)
+    region_kind = args.region_kind if args.scanrefer_root else None  # only ScanRefer's regions have corners
+    index = write_region_shards(stream, args.out, max_per_shard=args.max_per_shard, total=total,
+                                region_kind=region_kind)
     written = json.loads(index.read_text())
     print(f"{index}: {written['samples']} {what} with {written['regions']} captions written; {len(unreadable)} "
           "unreadable")

@@ -319,6 +319,10 @@ def load_config(cfg_path: str, options: list[str] | None = None) -> ResolvedConf
                 f"{_source_of(f'datasets.{name}.modality', opts, cfg_path)}: datasets.{name}.modality "
                 f"'{ds.modality}' is not a key of model.modalities ({', '.join(modalities)}){defaults_hint}"
             )
+    for name, ds in dataset_objs.items():
+        if modalities is not None and hasattr(ds, "region_kind"):
+            _resolve_region_kind(name, ds, modalities, _source_of(f"datasets.{name}.region_kind", opts, cfg_path))
+            datasets[name].region_kind = ds.region_kind  # the saved config says which kind was used
     check_model_paths(model_obj, cfg_path)
 
     yaml = OmegaConf.create({
@@ -327,6 +331,19 @@ def load_config(cfg_path: str, options: list[str] | None = None) -> ResolvedConf
         "run": OmegaConf.to_container(run, enum_to_str=True),
     })
     return ResolvedConfig(run=run_obj, model_arch=arch, model=model_obj, datasets=dataset_objs, yaml=yaml)
+
+
+def _resolve_region_kind(name: str, ds: Any, modalities: Any, source: str) -> None:
+    """One source of truth for a dataset's region kind: unset takes the modality's region; a different one fails."""
+    region = getattr(modalities[ds.modality], "region", None)
+    if ds.region_kind is None:
+        ds.region_kind = region
+    elif ds.region_kind != region:
+        raise ConfigError(
+            f"{source}: datasets.{name}.region_kind is {ds.region_kind!r} but model.modalities.{ds.modality}.region "
+            f"is {region!r}; the items would not fit the model. Make them agree, or leave region_kind unset to take "
+            "the modality's"
+        )
 
 
 def check_dataset_paths(cfg: ResolvedConfig, builders: dict[str, Any], cfg_path: str) -> None:

@@ -66,6 +66,9 @@ class DatasetConfig:
     train_split: Optional[str] = "train"  # None: not used for training
     eval_split: Optional[str] = None  # split used by evaluate.py
     eval_gt_file: Optional[str] = None  # COCO caption-format ground truth of eval_split (tools/prepare_eval_*.py)
+    # The region kind the items' region_geometry follows (e.g. the 3D corner layout). None: the modality's
+    # (model.modalities.<modality>.region), filled in by load_config; a different value is refused there.
+    region_kind: Optional[str] = None
     # Frozen-encoder feature cache (lavis/datasets/feature_cache.py): items carry `encoder_tokens` read from here
     # instead of the encoder's input; fill it with tools/precompute_features.py. Needs deterministic processors.
     feature_cache_dir: Optional[str] = None

@@ -68,6 +68,21 @@ def check_box(box_xyxy: Sequence[float], width: int, height: int, tolerance: flo
     return [x1, y1, x2, y2]
 
 
+def truncated_box_pixels(box_xyxy: Sequence[float], width: int, height: int) -> list[float]:
+    """The reference's pixel box: x clamped to [0, W], y to [0, H], then `int()` (whole pixels), in float32."""
+    box = torch.as_tensor([float(v) for v in box_xyxy], dtype=torch.float32)
+    box[0::2].clamp_(min=0, max=width)
+    box[1::2].clamp_(min=0, max=height)
+    return [float(v) for v in box.int().tolist()]
+
+
+def reference_box_pixels(box_xywh: Sequence[float], width: int, height: int) -> list[float]:
+    """x1y1wh -> the reference's truncated x1y1x2y2 (general_box_caption_datasets.py:67-79), x2 = x1 + w in float32."""
+    box = torch.as_tensor([float(v) for v in box_xywh], dtype=torch.float32)
+    box[2:] += box[:2]
+    return truncated_box_pixels(box.tolist(), width, height)
+
+
 def _sample_span(size: int, lo_edge: float, hi_edge: float, min_scale: float) -> tuple[int, int]:
     """A random integer (start, length) along one axis that contains [lo_edge, hi_edge] and is >= min_scale * size."""
     keep_lo, keep_hi = math.floor(lo_edge), math.ceil(hi_edge)
@@ -98,6 +113,9 @@ class BoxImageConfig:
     color_jitter: float = 0.0  # brightness / contrast / saturation strength; 0 turns it off
     hflip_prob: float = 0.0  # keep 0 for referring text: "left" / "right" in the caption would become wrong
     box_tolerance: float = 1.0  # pixels a box may overshoot the image border before the sample is rejected
+    # The reference's box: clamped and truncated to whole pixels before normalising (not a bug, a coarser box);
+    # False keeps the sub-pixel box.
+    truncate_box_pixels: bool = False
 
     def random_settings(self) -> list[str]:
         """The enabled random augmentations as 'field=value (off: neutral)'; empty: the output is deterministic."""
@@ -124,8 +142,10 @@ class BoxImageProcessor:
         self, image: Image.Image, box_xyxy: Optional[Sequence[float]] = None
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         cfg = self.cfg
-        pixels = F.to_image(image)
-        height, width = pixels.shape[-2:]
+        # A PIL image stays one until resized: PIL's bicubic filter is BLIP's (BlipImageEvalProcessor resizes the PIL
+        # image); torchvision's tensor resize differs from it by up to a grey level
+        pixels = image if isinstance(image, Image.Image) else F.to_image(image)
+        height, width = F.get_size(pixels)
         boxes = None
         if box_xyxy is not None:
             boxes = tv_tensors.BoundingBoxes(
@@ -139,12 +159,15 @@ class BoxImageProcessor:
             pixels = F.horizontal_flip(pixels)
             boxes = F.horizontal_flip(boxes) if boxes is not None else None
         size = [cfg.image_size, cfg.image_size]
-        pixels = F.resize(pixels, size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
+        pixels = F.to_image(F.resize(pixels, size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True))
         if self.jitter is not None:
             pixels = self.jitter(pixels)
         pixels = F.normalize(F.to_dtype(pixels, torch.float32, scale=True), mean=cfg.mean, std=cfg.std)
         if boxes is None:
             return pixels.as_subclass(torch.Tensor), None
-        boxes = F.resize(boxes, size)
-        region = (boxes.as_subclass(torch.Tensor)[0] / cfg.image_size).clamp(0.0, 1.0)
+        # Normalised by the canvas before the resize: the same box as resizing it, with one rounding (box / W, as
+        # the reference divides).
+        canvas_h, canvas_w = boxes.canvas_size
+        scale = torch.tensor([canvas_w, canvas_h, canvas_w, canvas_h], dtype=torch.float32)
+        region = (boxes.as_subclass(torch.Tensor)[0] / scale).clamp(0.0, 1.0)
         return pixels.as_subclass(torch.Tensor), region

@@ -7,6 +7,11 @@ comes only from torch's global RNG, which the loader seeds per sample (reproduci
 Corner order of `box_corners` (signs of the half-size added to the centre, z is up):
     0 (-,-,-)  1 (+,-,-)  2 (+,+,-)  3 (-,+,-)     bottom face, counter-clockwise seen from above
     4 (-,-,+)  5 (+,-,+)  6 (+,+,+)  7 (-,+,+)     top face, same order
+`reference_box_corners` is the reference's layout, kept by name (region kind `box3d_corners_reference`).
+
+FPS (lavis/models/pointbert/sampling.py) starts at row 0; `fps_start: random` rolls the rows so that row 0 is a
+uniformly drawn point, the reference's random start (`torch.randint(0, N, (B,))`) moved into the data, whatever
+the sampling (`sampling: random` alone already puts a random point first; `stride` keeps the file's first).
 """
 
 from __future__ import annotations
@@ -26,6 +31,14 @@ CORNER_SIGNS = torch.tensor(
 )
 
 
+# The reference's order (scannet_reference_datasets.py:158-175), signs of (x, y, z).
+REFERENCE_CORNER_SIGNS = torch.tensor(
+    [[1, 1, 1], [1, 1, -1], [-1, 1, -1], [-1, 1, 1], [1, -1, 1], [1, -1, -1], [-1, -1, -1], [-1, -1, 1]],
+    dtype=torch.float32,
+)
+FPS_STARTS = ("first", "random")
+
+
 class PointCloudError(ValueError):
     """The array cannot be a point cloud (shape, NaN, too few channels); datasets turn it into a BadSampleError."""
 
@@ -35,6 +48,23 @@ def box_corners(center, size) -> torch.Tensor:
     center = torch.as_tensor(center, dtype=torch.float32)
     size = torch.as_tensor(size, dtype=torch.float32)
     return center.unsqueeze(-2) + CORNER_SIGNS * (size.unsqueeze(-2) / 2)
+
+
+def reference_box_corners(center, size) -> torch.Tensor:
+    """The reference's corners [..., 8, 3] of (centre, size (l, w, h)): x = c_x +- l/2, y = c_y +- h/2, z = c_z +- w/2.
+
+    The y and z sizes are swapped (a bug of the reference); kept so that its checkpoints see the geometry they
+    were trained on. Order: REFERENCE_CORNER_SIGNS.
+    """
+    center = torch.as_tensor(center, dtype=torch.float32)
+    size = torch.as_tensor(size, dtype=torch.float32)
+    half = size[..., [0, 2, 1]].unsqueeze(-2) / 2
+    return center.unsqueeze(-2) + REFERENCE_CORNER_SIGNS * half
+
+
+def roll_to_start(points: torch.Tensor, start_index: int) -> torch.Tensor:
+    """The rows rolled so that row `start_index` comes first: FPS, which starts at row 0, then starts there."""
+    return torch.roll(points, -int(start_index), dims=0)
 
 
 def corners_to_geometry(corners: torch.Tensor) -> torch.Tensor:
@@ -59,6 +89,7 @@ class PointCloudProcessorConfig:
     scale_high: float = 1.0
     anisotropic: bool = True  # ... per axis (True) or one factor for all axes (False)
     rotate_z_max_deg: float = 0.0  # rotation about z drawn from uniform(-max, max); 180 = any rotation
+    fps_start: str = "first"  # "random": rows rolled so FPS starts at a random point (the reference's start)
 
     def random_settings(self) -> list[str]:
         """The enabled random choices as 'field=value (off: neutral)'; empty: the output is deterministic."""
@@ -71,6 +102,8 @@ class PointCloudProcessorConfig:
             found.append(f"scale_low/scale_high={self.scale_low}/{self.scale_high} (off: 1.0)")
         if self.rotate_z_max_deg > 0:
             found.append(f"rotate_z_max_deg={self.rotate_z_max_deg} (off: 0)")
+        if self.fps_start == "random":
+            found.append("fps_start=random (off: first)")
         return found
 
 
@@ -83,6 +116,8 @@ class PointCloudProcessor:
     def __init__(self, cfg: PointCloudProcessorConfig):
         if cfg.sampling not in ("random", "stride"):
             raise ValueError(f"point_cloud processor: sampling must be 'random' or 'stride', not '{cfg.sampling}'")
+        if cfg.fps_start not in FPS_STARTS:
+            raise ValueError(f"point_cloud processor: fps_start must be one of {FPS_STARTS}, not '{cfg.fps_start}'")
         if not 0.0 <= cfg.dropout_max_ratio < 1.0:
             raise ValueError(f"point_cloud processor: dropout_max_ratio must be in [0, 1), got {cfg.dropout_max_ratio}")
         if not 0.0 < cfg.scale_low <= cfg.scale_high:
@@ -112,7 +147,10 @@ class PointCloudProcessor:
         if linear is not None:
             xyz = xyz @ linear.T
             corners = None if corners is None else corners @ linear.T
-        return torch.cat([xyz, rest], 1).contiguous(), corners
+        points = torch.cat([xyz, rest], 1)
+        if self.cfg.fps_start == "random":  # last, so the draw leaves the other draws as they were
+            points = roll_to_start(points, int(torch.randint(0, len(points), ())))
+        return points.contiguous(), corners
 
     def _validated(self, array) -> torch.Tensor:
         points = torch.as_tensor(np.asarray(array), dtype=torch.float32)

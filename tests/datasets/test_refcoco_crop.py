@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from lavis.common.registry import DATASET_BUILDERS
@@ -52,13 +51,12 @@ def build(refer: Path, crop_to_box: bool):
 
 
 def expected_crop(image_file: Path, box_xywh: list[float]) -> torch.Tensor:
-    """By hand: the whole pixels the box touches, sliced from the image tensor, resized, normalised."""
+    """By hand: the whole pixels the box touches, cropped, resized with PIL's bicubic filter (BLIP's), normalised."""
     x, y, w, h = box_xywh
     left, top, right, bottom = math.floor(x), math.floor(y), math.ceil(x + w), math.ceil(y + h)
-    full = torch.from_numpy(np.array(Image.open(image_file))).permute(2, 0, 1)
-    region = full[:, top:bottom, left:right]
-    assert region.shape[1:] == (bottom - top, right - left)
-    resized = F.resize(region, [SIZE, SIZE], interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
+    region = Image.open(image_file).convert("RGB").crop((left, top, right, bottom))
+    assert region.size == (right - left, bottom - top)
+    resized = torch.from_numpy(np.array(region.resize((SIZE, SIZE), Image.BICUBIC))).permute(2, 0, 1)
     return F.normalize(resized.float() / 255, mean=list(EVA_CLIP_MEAN), std=list(EVA_CLIP_STD))
 
 

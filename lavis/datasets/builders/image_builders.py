@@ -29,6 +29,7 @@ from lavis.datasets.datasets.region_shards import (
     INDEX_NAME,
     RegionShardDataset,
     RegionShardMapDataset,
+    check_region_kind,
     index_payload,
     read_index,
 )
@@ -230,6 +231,7 @@ class RegionShardsBuilder(_ImageBuilder):
     def build(self, split: str) -> Dataset:
         _, input_cfg = self.input_processor_config(split)
         if isinstance(input_cfg, PointCloudProcessorConfig):
+            check_region_kind(self.index_file(split), self.cfg.region_kind)
             input_processor = PointCloudProcessor(input_cfg)
         else:
             input_processor = BoxImageProcessor(input_cfg)

@@ -27,6 +27,8 @@ from lavis.datasets.datasets.scanrefer import ScanRefer
 from lavis.processors.point_processors import PointCloudProcessor, PointCloudProcessorConfig
 from lavis.processors.text_processors import CaptionConfig, CaptionProcessor
 
+DEFAULT_CORNER_KIND = "box3d_corners"  # a ScanRefer config without a modality's region (tools, tests)
+
 
 def _missing(key: str, value: str, what: str, is_dir: bool = False) -> list[str]:
     if not value:
@@ -163,7 +165,8 @@ class ScanReferBuilder(_PointBuilder):
         per_object = cfg.one_item_per_object_in_eval and split != cfg.train_split
         return ScanRefer(self.annotation_file(split), cfg.scannet_data_root, self.processor(split),
                          CaptionProcessor.from_config(cfg.text_processor), one_item_per_object=per_object,
-                         scene_mesh_pattern=cfg.scene_mesh_pattern, name=f"scanrefer/{split}")
+                         scene_mesh_pattern=cfg.scene_mesh_pattern, name=f"scanrefer/{split}",
+                         region_kind=cfg.region_kind or DEFAULT_CORNER_KIND)
 
 
 # ---- ModelNet40 -----------------------------------------------------------------------------------------------------

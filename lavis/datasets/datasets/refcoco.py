@@ -38,11 +38,13 @@ from lavis.common.safe_pickle import load_pickle
 from lavis.datasets.annotation_io import AnnotationError, parsing, read_json
 from lavis.datasets.base import BadSampleError, cleaned_caption
 from lavis.processors.image_processors import (
+    BoxImageConfig,
     BoxImageProcessor,
     ImageReadError,
     box_xywh_to_xyxy,
     check_box,
     load_rgb_image,
+    reference_box_pixels,
 )
 from lavis.processors.text_processors import CaptionProcessor
 
@@ -202,13 +204,19 @@ def log_skipped(source: str, skipped: list[tuple[str, str]], total: int) -> None
     )
 
 
-def load_image_and_box(source, box_xywh, tolerance: float, sample_id: str):
-    """(RGB image, its x1y1x2y2 box checked against the image size); any problem makes the sample bad."""
+def load_image_and_box(source, box_xywh, box_cfg: BoxImageConfig, sample_id: str):
+    """(RGB image, its x1y1x2y2 box checked against the image size); any problem makes the sample bad.
+
+    With `box_cfg.truncate_box_pixels` the (checked) box is the reference's: clamped, truncated to whole pixels.
+    """
     try:
         image = load_rgb_image(source)
-        return image, check_box(box_xywh_to_xyxy(box_xywh), image.width, image.height, tolerance)
+        box = check_box(box_xywh_to_xyxy(box_xywh), image.width, image.height, box_cfg.box_tolerance)
     except (ImageReadError, ValueError, TypeError) as e:
         raise BadSampleError(sample_id, str(e)) from None
+    if box_cfg.truncate_box_pixels:
+        box = reference_box_pixels(box_xywh, image.width, image.height)
+    return image, box
 
 
 class RefCocoDataset(Dataset):
@@ -241,8 +249,8 @@ class RefCocoDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         record = self.records[index]
         caption = cleaned_caption(self.text_processor, record.captions[0], record.sample_id)
-        image, box = load_image_and_box(self.image_root / record.image, record.box_xywh,
-                                        self.image_processor.cfg.box_tolerance, record.sample_id)
+        image, box = load_image_and_box(self.image_root / record.image, record.box_xywh, self.image_processor.cfg,
+                                        record.sample_id)
         if self.crop_to_box:
             pixels, _ = self.image_processor(image.crop(box_pixel_bounds(box)))
             return {"image": pixels, "text_input": caption, "sample_id": record.sample_id,

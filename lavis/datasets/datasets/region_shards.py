@@ -11,8 +11,9 @@ the caption describes the whole cloud (Objaverse/Cap3D: the `pointcloud` modalit
 the id of a point-cloud caption's region in the evaluation ground truth (ScanRefer "scene|object", an Objaverse
 uid); an image region's id is derived from the image id and its box, as RefCOCO's is. `index.json` also holds, per
 shard, its file, samples, regions and offsets file (`regions-000000.offsets.npy`: where each sample's members lie
-in the tar), and the totals, so an epoch's length is known without opening a tar. An index without `payload`
-(written before point clouds were supported) holds images.
+in the tar), and the totals, so an epoch's length is known without opening a tar; for point-cloud regions also the
+region kind whose layout the corners follow (`region_kind`), checked against the dataset's when read. An index
+without `payload` (written before point clouds were supported) holds images.
 
 Two readers. `RegionShardMapDataset` seeks to one region's bytes: map-style, so the runner's sampler gives it an
 exact, resumable order. `RegionShardDataset` streams whole tars (object stores, slow seeks): it splits the
@@ -115,6 +116,7 @@ def write_region_shards(
     prefix: str = "regions",
     total: Optional[int] = None,
     progress: bool = True,
+    region_kind: Optional[str] = None,
 ) -> Path:
     """Write samples into tar shards of at most `max_per_shard` samples plus `index.json`; returns the index path.
 
@@ -170,6 +172,8 @@ def write_region_shards(
         "samples": sum(s["samples"] for s in shards),
         "regions": sum(s["regions"] for s in shards),
     }
+    if region_kind is not None:  # the corner layout of point-cloud regions
+        index["region_kind"] = region_kind
     index_path = out_dir / INDEX_NAME
     tmp = index_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(index, indent=1))
@@ -206,6 +210,15 @@ def read_index(index_file: str | Path) -> dict[str, Any]:
     return index
 
 
+def check_region_kind(index_file: str | Path, wanted: Optional[str]) -> None:
+    """ValueError when the shards' corners follow another region kind than `wanted` (unrecorded: not checked)."""
+    stored = read_index(index_file).get("region_kind")
+    if stored is not None and wanted is not None and stored != wanted:
+        raise ValueError(f"{index_file}: the shards' corners are laid out as region kind '{stored}', but the dataset's "
+                         f"region_kind is '{wanted}'; rewrite them with tools/write_region_shards.py --region-kind "
+                         f"{wanted}")
+
+
 def index_payload(index: dict[str, Any]) -> str:
     """"jpg" (images) or "npy" (point clouds); indexes written before point clouds were supported hold images."""
     return index.get("payload", RegionSample.PAYLOAD)
@@ -235,8 +248,7 @@ class ImageRegionDecoder:
 
     def __call__(self, region: _Region) -> dict:
         caption = cleaned_caption(self.text_processor, region.caption, region.sample_id)
-        image, box = load_image_and_box(region.data, region.box, self.image_processor.cfg.box_tolerance,
-                                        region.sample_id)
+        image, box = load_image_and_box(region.data, region.box, self.image_processor.cfg, region.sample_id)
         pixels, geometry = self.image_processor(image, box)
         return {
             "image": pixels,

@@ -8,8 +8,9 @@ On disk (the layout ScanRefer's `data/scannet/batch_load_scannet_data.py` or too
 A scene given as a mesh instead (`scene_mesh_pattern`, e.g. "{scene_id}/{scene_id}_vh_clean_2.ply") is read with
 plyfile; it must be in the frame of its `_aligned_bbox.npy`.
 
-Items: points (the scene, sampled), region_geometry [24] = the object's 8 box corners (corner order in
-lavis/processors/point_processors.py) in the same normalised, augmented frame as the points, text_input.
+Items: points (the scene, sampled), region_geometry [24] = the object's 8 box corners (the layout of `region_kind`,
+see lavis/models/regionblip/region.py) in the same frame as the points (normalised or raw metres, then augmented),
+text_input.
 Training: one item per description. Evaluation (`one_item_per_object`): one item per (scene_id, object_id), with
 image_id the string "{scene_id}|{object_id}" -- the id tools/prepare_eval_scanrefer.py writes in the ground truth.
 """
@@ -25,7 +26,8 @@ from torch.utils.data import Dataset
 from lavis.datasets.annotation_io import AnnotationError, load_array, parsing, read_json
 from lavis.datasets.base import BadSampleError
 from lavis.datasets.datasets.objaverse import log_skipped
-from lavis.processors.point_processors import PointCloudError, PointCloudProcessor, box_corners, corners_to_geometry
+from lavis.models.regionblip.region import corner_layout
+from lavis.processors.point_processors import PointCloudError, PointCloudProcessor, corners_to_geometry
 
 ANNOTATION_KEYS = ("scene_id", "object_id", "description")
 
@@ -80,7 +82,9 @@ class ScanRefer(Dataset):
         one_item_per_object: bool = False,
         scene_mesh_pattern: str = "",
         name: str = "scanrefer",
+        region_kind: str = "box3d_corners",
     ):
+        self.box_corners = corner_layout(region_kind)  # (centre, size) -> corners, as the model's region kind lays them
         self.data_root = Path(scannet_data_root)
         self.processor, self.text_processor = processor, text_processor
         self.mesh_pattern = scene_mesh_pattern
@@ -135,7 +139,7 @@ class ScanRefer(Dataset):
             raise BadSampleError(sample_id, f"object {object_id} is not among the boxes of {scene_id}")
         if not np.isfinite(rows[0, :6]).all():
             raise BadSampleError(sample_id, f"box of object {object_id} in {scene_id} is not finite")
-        return box_corners(rows[0, :3], rows[0, 3:6]).numpy()
+        return self.box_corners(rows[0, :3], rows[0, 3:6]).numpy()
 
     def __getitem__(self, index: int) -> dict:
         item = self.items[index]
