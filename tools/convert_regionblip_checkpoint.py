@@ -1,5 +1,6 @@
-"""Convert a reference RegionBLIP release checkpoint (mightyzau/RegionBLIP, e.g. regionblip_opt-2.7b.pth) into this
-framework's trainable-tensor checkpoint `{"model": {name: tensor}}`, loadable with `load_trainable_state_dict`.
+"""Convert a reference RegionBLIP release checkpoint (mightyzau/RegionBLIP, e.g. regionblip_opt-2.7b.pth, saved by
+the LAVIS runner) into this framework's trainable-tensor checkpoint `{"model": {name: tensor}}`, loadable with
+`run.load_ckpt_path`, and write beside it the `--options` that make this framework compute what the reference did.
 
 Mapping (reference name -> ours); <m> is a reference modality suffix, mapped by MODALITIES (img -> image, ...):
     Qformer.<path>.lora_{A,B}_<m>          qformers.blip2.<path>.lora_{A,B}.<modality>.weight
@@ -9,26 +10,31 @@ Mapping (reference name -> ours); <m> is a reference modality suffix, mapped by 
     query_tokens_<m>                       heads.<modality>.queries
     {opt,t5}_proj_<m>.*                    heads.<modality>.llm_proj.*
     stage1_proj_<m>.*                      heads.<modality>.vision_proj.*
-    stage1_proj_text.*                     heads.<every modality with one>.text_proj.*   (shared in the reference)
-    temp                                   heads.<every modality with one>.temp          (shared in the reference)
+    stage1_proj_text.*, temp               itc_text.text_proj.*, itc_text.temp   (model.shared_itc_text_head: true)
     <m>_itm_head.*                         heads.<modality>.itm_head.*
     <m>_posembed.{0,2}.*                   heads.<modality>.pafe.mlp.{0,2}.*
     reg_<m>.*                              heads.<modality>.reg_head.*
-    pc_adapter.*                           encoder_adapters.point.*
-Frozen parts (visual_encoder, ln_vision, point_encoder, the BLIP-2 Q-Former's base weights, the LLM) are not part of
-our checkpoint: they come from the pretrained files named in the YAML, and are reported as unmapped.
-LAVIS saves the non-parameter entries of the state dict too: of the trainable point Q-Former these are the tied
-aliases `cls.predictions.decoder.{weight,bias}` (of `bert.embeddings.word_embeddings.weight` and
-`cls.predictions.bias`, which carry the values) and the `bert.embeddings.position_ids` buffer (our Q-Former computes
-positions); they are skipped, after checking that each alias equals the tensor it is tied to.
-With `--blip2-image-modality image` (the default, as `freeze_blip2_pretrain`), every tensor of that modality (queries,
-projections, ITC / ITM heads, its copy of the shared text projection and temperature, LoRA) is dropped: our config
-keeps BLIP-2's own path frozen, with no adapter, so those tensors come from the BLIP-2 file. Dropping a LoRA B that is
-not zero changes the image path (the reference then trained the image adapter): the converter warns, and
-`--blip2-image-modality ''` keeps them (for a config whose image modality has `lora: true` and
-`freeze_blip2_pretrain: false`).
+    pc_adapter.*                           encoder_adapters.point.*             (model.encoders.point.width_adapter)
+Every other key of the reference's layout is dropped with its reason, reported by module:
+  * an adapter of a modality its module never serves: the reference's LoRA Linear holds all four adapters in every
+    adapted layer, so `Qformer.*.lora_*_pc` (point clouds use `Qformer_pc`) and `Qformer_pc.*.lora_*_img*` exist;
+  * BLIP-2's own image path (`--blip2-image-modality image`, as `freeze_blip2_pretrain`): its queries, LLM projection
+    and LoRA come from the BLIP-2 file here (no adapter). A non-zero LoRA B of it means the reference trained that
+    adapter: a warning, and `--blip2-image-modality ''` keeps them (for a config whose image modality has
+    `lora: true`). Its ITC / ITM heads (`stage1_proj_img`, `img_itm_head`), which no stage-2 BLIP-2 file holds,
+    are kept: they train here too;
+  * tied aliases (`cls.predictions.decoder.*` of both Q-Formers, `opt_model.lm_head.weight`): each is checked equal
+    to the tensor it is tied to where the file has that tensor;
+  * buffers (`bert.embeddings.position_ids`; the point encoder's BatchNorm statistics, which come with its weights
+    from the Point-BERT file);
+  * frozen weights (visual_encoder, ln_vision, point_encoder, the BLIP-2 Q-Former, the LLM), in a full state dict:
+    they come from the pretrained files named in the YAML.
+A key of no known layout is reported as unknown (nothing raises).
 
 Usage: python tools/convert_regionblip_checkpoint.py regionblip_opt-2.7b.pth out.pth
+  writes out.pth and out.pth.options; then e.g.
+  python evaluate.py --cfg-path configs/eval/regionblip_opt2.7b_refcoco.yaml \
+      --options run.load_ckpt_path=out.pth $(cat out.pth.options) <weight paths>
 The file is read with weights_only=True: a checkpoint is data, never code.
 """
 
@@ -48,12 +54,16 @@ QFORMERS = {"Qformer": "qformers.blip2", "Qformer_pc": "qformers.point"}
 LLMS = {"opt_model": "llm.model", "t5_model": "llm.model"}
 TRAINABLE_QFORMERS = {"Qformer_pc": "qformers.point"}
 LORA_TARGETS = ("query", "value")  # Linears our Q-Former LoRA wraps (their base weight gains `.base_layer`)
-ENCODER_ADAPTERS = {"pc_adapter": "encoder_adapters.point"}
-SHARED_HEADS = {"stage1_proj_text": "text_proj", "temp": "temp"}
-# Non-parameter entries LAVIS saves for a trainable Q-Former: alias -> the tensor it is tied to, and BERT's buffer
-TIED = {"cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
-        "cls.predictions.decoder.bias": "cls.predictions.bias"}
-BUFFERS = ("bert.embeddings.position_ids",)
+ENCODER_ADAPTERS = {"pc_adapter": ("encoder_adapters.point", "point")}
+SHARED_TEXT_HEAD = {"stage1_proj_text": "itc_text.text_proj", "temp": "itc_text.temp"}
+FROZEN_MODULES = ("visual_encoder", "ln_vision", "point_encoder", "Qformer", "opt_model", "t5_model")
+# Non-parameter entries LAVIS saves: module -> {alias: the tensor it is tied to}; and buffers
+_BERT_TIED = {"cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
+              "cls.predictions.decoder.bias": "cls.predictions.bias"}
+TIED = {"Qformer": _BERT_TIED, "Qformer_pc": _BERT_TIED,
+        "opt_model": {"lm_head.weight": "model.decoder.embed_tokens.weight"}}  # FlanT5's head is not tied
+BUFFER_LEAVES = ("position_ids", "running_mean", "running_var", "num_batches_tracked")
+BLIP2_CAPTION_HEADS = ("queries", "llm_proj.")  # what a BLIP-2 image path takes from the BLIP-2 file
 
 _M = "|".join(sorted(MODALITIES, key=len, reverse=True))  # longest first: img_region before img
 _LORA = re.compile(rf"^(?P<owner>\w+?)\.(?P<path>.+)\.lora_(?P<ab>[AB])_(?P<m>{_M})$")
@@ -66,84 +76,121 @@ _HEAD_RULES = [
     (re.compile(rf"^reg_(?P<m>{_M})\.(?P<tail>.+)$"), "reg_head"),
 ]
 
-
-def _shared_targets(state: dict[str, torch.Tensor]) -> list[str]:
-    """Modalities that have an ITC head in the reference file (they get the shared text projection / temperature)."""
-    return [MODALITIES[m] for m in MODALITIES if f"stage1_proj_{m}.weight" in state]
-
-
-def _map_one(key: str, value: torch.Tensor, shared_to: list[str]) -> dict[str, torch.Tensor]:
-    lora = _LORA.match(key)
-    if lora:
-        owner = QFORMERS.get(lora["owner"]) or LLMS.get(lora["owner"])
-        if owner is None:
-            return {}
-        return {f"{owner}.{lora['path']}.lora_{lora['ab']}.{MODALITIES[lora['m']]}.weight": value}
-    for pattern, part in _HEAD_RULES:
-        found = pattern.match(key)
-        if found:
-            tail = found.groupdict().get("tail")
-            return {f"heads.{MODALITIES[found['m']]}.{part}" + (f".{tail}" if tail else ""): value}
-    head, _, tail = key.partition(".")
-    if head in SHARED_HEADS:
-        suffix = f".{tail}" if tail else ""
-        return {f"heads.{m}.{SHARED_HEADS[head]}{suffix}": value.clone() for m in shared_to}
-    if head in ENCODER_ADAPTERS:
-        return {f"{ENCODER_ADAPTERS[head]}.{tail}": value}
-    if head in TRAINABLE_QFORMERS:
-        module, _, leaf = tail.rpartition(".")
-        if module.rsplit(".", 1)[-1] in LORA_TARGETS:
-            module += ".base_layer"
-        return {f"{TRAINABLE_QFORMERS[head]}.{module}.{leaf}": value}
-    return {}
+NEVER_SERVED = "adapter of a modality this module never serves"
+BLIP2_PATH = "BLIP-2's own image path (from the BLIP-2 file)"
+TIED_ALIAS = "tied alias"
+BUFFER = "buffer"
+FROZEN = "frozen weights (from the pretrained files)"
+UNKNOWN = "unknown key"
 
 
 class Conversion(NamedTuple):
     converted: dict[str, torch.Tensor]  # our trainable tensors
-    unmapped: list[str]  # reference keys of frozen parts (they come from the pretrained files)
-    dropped: list[str]  # reference keys of BLIP-2's frozen image path (they come from the BLIP-2 file)
+    dropped: dict[str, list[str]]  # reason -> reference keys
+    options: list[str]  # `--options` entries that make this framework compute what the reference computed
+
+    @property
+    def unmapped(self) -> list[str]:
+        return sorted(k for keys in self.dropped.values() for k in keys)
 
 
-def _is_tied_entry(key: str, state: dict[str, torch.Tensor]) -> bool:
-    """Whether `key` is a tied alias or buffer of a trainable Q-Former (nothing of ours); an alias that differs from
-    its tensor is an error, since skipping it would then lose a value."""
+def served_modalities(state: dict[str, torch.Tensor]) -> dict[str, set[str]]:
+    """Reference module -> the modality suffixes it serves: with a `Qformer_pc` in the file (the released
+    `enable_pointcloud_qformer: True`) point clouds use it and images `Qformer`; without, `Qformer` serves all."""
+    has_pc_qformer = any(k.startswith("Qformer_pc.") for k in state)
+    images, points = {"img", "img_region"}, {"pc", "pc_region"}
+    served = {"Qformer": images if has_pc_qformer else images | points, "Qformer_pc": points}
+    served.update({llm: images | points for llm in LLMS})
+    return served
+
+
+def _map_lora(lora: re.Match, value, served) -> tuple[dict[str, torch.Tensor], str]:
+    owner = QFORMERS.get(lora["owner"]) or LLMS.get(lora["owner"])
+    if owner is None:
+        return {}, UNKNOWN
+    if lora["m"] not in served.get(lora["owner"], ()):
+        return {}, NEVER_SERVED
+    return {f"{owner}.{lora['path']}.lora_{lora['ab']}.{MODALITIES[lora['m']]}.weight": value}, ""
+
+
+def _map_one(key: str, value: torch.Tensor, served: dict[str, set[str]]) -> tuple[dict[str, torch.Tensor], str]:
+    """(our tensors, '') or ({}, the reason the key is dropped)."""
+    lora = _LORA.match(key)
+    if lora:
+        return _map_lora(lora, value, served)
+    for pattern, part in _HEAD_RULES:
+        found = pattern.match(key)
+        if found:
+            tail = found.groupdict().get("tail")
+            return {f"heads.{MODALITIES[found['m']]}.{part}" + (f".{tail}" if tail else ""): value}, ""
     head, _, tail = key.partition(".")
-    if head not in TRAINABLE_QFORMERS or (tail not in TIED and tail not in BUFFERS):
+    if head in SHARED_TEXT_HEAD:
+        return {SHARED_TEXT_HEAD[head] + (f".{tail}" if tail else ""): value}, ""
+    if head in ENCODER_ADAPTERS:
+        return {f"{ENCODER_ADAPTERS[head][0]}.{tail}": value}, ""
+    if tail.rsplit(".", 1)[-1] in BUFFER_LEAVES:
+        return {}, BUFFER
+    if head in TRAINABLE_QFORMERS:
+        module, _, leaf = tail.rpartition(".")
+        if module.rsplit(".", 1)[-1] in LORA_TARGETS:
+            module += ".base_layer"
+        return {f"{TRAINABLE_QFORMERS[head]}.{module}.{leaf}": value}, ""
+    return {}, FROZEN if head in FROZEN_MODULES else UNKNOWN
+
+
+def _tied_alias(key: str, state: dict[str, torch.Tensor]) -> bool:
+    """Whether `key` is a tied alias (nothing of ours); one that differs from its tensor is an error, since dropping
+    it would then lose a value."""
+    head, _, tail = key.partition(".")
+    if tail not in TIED.get(head, {}):
         return False
-    owner = f"{head}.{TIED[tail]}" if tail in TIED else None
+    owner = f"{head}.{TIED[head][tail]}"
     if owner in state and not torch.equal(state[owner], state[key]):
         raise ValueError(f"{key} differs from {owner}, the tensor it is tied to: the file is not a tied LAVIS save")
     return True
 
 
+def _owned_by_blip2_path(name: str, modality: str) -> bool:
+    """Whether our tensor `name` is what a BLIP-2 image path `modality` takes from the BLIP-2 file (or has none of:
+    an adapter)."""
+    caption_head = any(name.startswith(f"heads.{modality}.{h}") for h in BLIP2_CAPTION_HEADS)
+    return caption_head or any(f".lora_{ab}.{modality}." in name for ab in "AB")
+
+
+def reference_options(state: dict[str, torch.Tensor], converted: dict[str, torch.Tensor]) -> list[str]:
+    """The `--options` under which this framework computes what the reference computed with these weights."""
+    options = []
+    if any(k.startswith("itc_text.") for k in converted):
+        options.append("model.shared_itc_text_head=true")  # one stage1_proj_text and temp for all modalities
+    if any(k.startswith(("opt_model.", "opt_proj_")) for k in state):
+        options.append("model.llm.bos_target_with_empty_prompt=true")  # LAVIS: OPT's </s> is a target
+    for adapter, (_, encoder) in ENCODER_ADAPTERS.items():
+        if f"{adapter}.weight" in state:
+            options.append(f"model.encoders.{encoder}.width_adapter=true")  # held even at equal widths
+    if "pc_region_posembed.0.weight" in state:  # PaFE and the regression head learnt the reference's corners
+        options.append("model.modalities.pointcloud_region.region=box3d_corners_reference")
+    return options
+
+
 def convert_state_dict(state: dict[str, torch.Tensor], blip2_image_modality: str = "image") -> Conversion:
     """A reference state dict -> our trainable tensors; `blip2_image_modality` ('' for none) names the modality
-    whose tensors are dropped because our config keeps it as BLIP-2's frozen path."""
-    shared_to = _shared_targets(state)
+    whose captioning tensors and adapters are dropped because our config keeps it as BLIP-2's frozen path."""
+    served = served_modalities(state)
     out: dict[str, torch.Tensor] = {}
-    unmapped: list[str] = []
-    dropped: list[str] = []
+    dropped: dict[str, list[str]] = {}
     for key, value in state.items():
-        if _is_tied_entry(key, state):
+        if _tied_alias(key, state):
+            dropped.setdefault(TIED_ALIAS, []).append(key)
             continue
-        mapped = _map_one(key, value, shared_to)
-        if blip2_image_modality:
-            kept = {k: v for k, v in mapped.items() if not _owned_by(k, blip2_image_modality)}
-            if mapped and not kept:
-                dropped.append(key)
-                continue
-            mapped = kept
+        mapped, reason = _map_one(key, value, served)
+        if mapped and blip2_image_modality and all(_owned_by_blip2_path(k, blip2_image_modality) for k in mapped):
+            mapped, reason = {}, BLIP2_PATH
         if mapped:
             out.update(mapped)
         else:
-            unmapped.append(key)
-    _warn_if_trained_adapter(state, dropped, blip2_image_modality)
-    return Conversion(out, unmapped, dropped)
-
-
-def _owned_by(name: str, modality: str) -> bool:
-    """Whether our tensor `name` is one of `modality`'s heads or LoRA tensors."""
-    return name.startswith(f"heads.{modality}.") or any(f".lora_{ab}.{modality}." in name for ab in "AB")
+            dropped.setdefault(reason, []).append(key)
+    _warn_if_trained_adapter(state, dropped.get(BLIP2_PATH, []), blip2_image_modality)
+    return Conversion(out, dropped, reference_options(state, out))
 
 
 def _warn_if_trained_adapter(state: dict[str, torch.Tensor], dropped: list[str], modality: str) -> None:
@@ -159,37 +206,49 @@ def _warn_if_trained_adapter(state: dict[str, torch.Tensor], dropped: list[str],
         )
 
 
-def convert_file(src: str | Path, dst: str | Path, blip2_image_modality: str = "image") -> Conversion:
+def read_release(src: str | Path) -> dict[str, torch.Tensor]:
+    """The model state dict of a LAVIS-saved file ({"model": ...}) or a bare state dict, read as data."""
     obj = torch.load(src, map_location="cpu", weights_only=True)
     state = obj["model"] if isinstance(obj, dict) and isinstance(obj.get("model"), dict) else obj
-    result = convert_state_dict(state, blip2_image_modality)
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise ValueError(f"{src}: not a RegionBLIP checkpoint (expected {{'model': {{name: tensor}}}})")
+    return state
+
+
+def options_path(dst: str | Path) -> Path:
+    return Path(f"{dst}.options")
+
+
+def convert_file(src: str | Path, dst: str | Path, blip2_image_modality: str = "image") -> Conversion:
+    result = convert_state_dict(read_release(src), blip2_image_modality)
     torch.save({"model": result.converted}, dst)
+    options_path(dst).write_text("".join(f"{o}\n" for o in result.options))
     return result
 
 
-def _report(result: Conversion) -> None:
-    groups: dict[str, int] = {}
-    for key in result.unmapped:
-        top = key.split(".")[0]
-        groups[top] = groups.get(top, 0) + 1
-    print(f"mapped {len(result.converted)} tensors")
-    if result.dropped:
-        print(f"dropped {len(result.dropped)} tensors of BLIP-2's frozen image path (they come from the BLIP-2 file)")
-    print(f"unmapped {len(result.unmapped)} reference tensors (frozen parts come from the pretrained files), "
-          "by module:")
-    for top, count in sorted(groups.items()):
-        print(f"  {top:40s} {count}")
+def report(result: Conversion) -> str:
+    lines = [f"mapped {len(result.converted)} tensors"]
+    for reason, keys in sorted(result.dropped.items()):
+        lines.append(f"dropped {len(keys)}: {reason}, by module:")
+        groups: dict[str, int] = {}
+        for key in keys:
+            groups[key.split(".")[0]] = groups.get(key.split(".")[0], 0) + 1
+        lines += [f"  {top:40s} {count}" for top, count in sorted(groups.items())]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("src", help="reference RegionBLIP checkpoint (.pth)")
-    parser.add_argument("dst", help="output: this framework's trainable-tensor checkpoint")
+    parser.add_argument("dst", help="output: this framework's trainable-tensor checkpoint (and DST.options)")
     parser.add_argument("--blip2-image-modality", default="image",
-                        help="modality kept as BLIP-2's frozen image path (its heads and LoRA dropped); "
-                             "'' keeps everything")
+                        help="modality kept as BLIP-2's frozen image path (its queries, LLM projection and LoRA "
+                             "dropped); '' keeps everything")
     args = parser.parse_args(argv)
-    _report(convert_file(args.src, args.dst, args.blip2_image_modality))
+    result = convert_file(args.src, args.dst, args.blip2_image_modality)
+    print(report(result))
+    print(f"wrote {args.dst} and {options_path(args.dst)} (the reference's conventions, for --options):")
+    print("  " + " ".join(result.options))
     return 0
 
 

@@ -50,6 +50,9 @@ class LLMConfig:
     # random_init only: a directory holding just the architecture's config.json (e.g. configs/hf_configs/opt-2.7b),
     # built instead of `path`'s; `path` then only needs the tokenizer. The embedding matrix has the config's vocab.
     config_path: Optional[str] = None
+    # OPT, a modality with an empty prompt: the last soft-prompt position is also trained to predict OPT's leading
+    # </s>, as in LAVIS BLIP-2 and the reference RegionBLIP (their targets are the whole tokenized text with </s>).
+    bos_target_with_empty_prompt: bool = False
 
 
 @dataclass
@@ -116,29 +119,42 @@ class LanguageModel(nn.Module):
         device = self.model.get_input_embeddings().weight.device  # one copy per generate call, not per step
         return ids.to(device), mask.to(device)
 
-    def loss(self, soft_prompt: Tensor, prompt_ids: Tensor, target_ids: Tensor, target_mask: Tensor) -> Tensor:
+    def sequence_labels(self, num_soft: int, prompt_ids: Tensor, target_ids: Tensor, target_mask: Tensor,
+                        prompt_is_target: bool = False) -> Tensor:
+        """OPT: the labels of the whole input [B, num_soft + P + T] (IGNORE_INDEX where nothing is predicted): the
+        target ids, and the prompt ids too when `prompt_is_target`. The LAVIS layout, the reference's `targets`."""
+        batch = target_ids.shape[0]
+        prompt = prompt_ids.expand(batch, -1)
+        ignored = torch.full((batch, num_soft), IGNORE_INDEX, dtype=target_ids.dtype, device=target_ids.device)
+        return torch.cat([ignored, prompt if prompt_is_target else torch.full_like(prompt, IGNORE_INDEX),
+                          target_ids.masked_fill(target_mask == 0, IGNORE_INDEX)], dim=1)
+
+    def loss(self, soft_prompt: Tensor, prompt_ids: Tensor, target_ids: Tensor, target_mask: Tensor,
+             prompt_is_target: bool = False) -> Tensor:
         """Mean next-token cross-entropy over the target tokens.
 
         soft_prompt [B, Q, D]; prompt_ids [1, P] (the same for the whole batch); target_ids / target_mask [B, T],
-        right-padded."""
+        right-padded. `prompt_is_target` (OPT): the prompt ids are targets too, the first predicted by the last
+        soft-prompt position (`bos_target_with_empty_prompt`, where the prompt is OPT's </s> alone)."""
         embeds, mask = self._inputs(soft_prompt, prompt_ids)
-        labels = target_ids.masked_fill(target_mask == 0, IGNORE_INDEX)
         if self.family is LLMFamily.opt:
+            labels = self.sequence_labels(soft_prompt.shape[1], prompt_ids, target_ids, target_mask,
+                                          prompt_is_target)[:, soft_prompt.shape[1]:]
             embeds = torch.cat([embeds, self._embed(target_ids)], dim=1)
             mask = torch.cat([mask, target_mask], dim=1)
-            # Logits only where a caption token is predicted (the last prompt position and the caption's own),
-            # not over the soft prompt: the vocabulary projection is the largest activation of the step.
+            # Logits only where the prompt and target are predicted (from the last soft-prompt position on), not
+            # over the soft prompt: the vocabulary projection is the largest activation of the step.
             out = self.model(
                 inputs_embeds=embeds,
                 attention_mask=self._prepared_mask(mask, causal=True, dtype=embeds.dtype),
                 position_ids=mask.cumsum(1) * mask - 1,  # OPT's own rule, which it cannot apply to a 4-D mask
-                logits_to_keep=target_ids.shape[1] + 1,
+                logits_to_keep=labels.shape[1] + 1,
             )
-            logits = out.logits[:, :-1]  # position t predicts caption token t
+            logits = out.logits[:, :-1]  # position t predicts target token t
             return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
         else:
             out = self.model(
-                inputs_embeds=embeds, labels=labels,
+                inputs_embeds=embeds, labels=target_ids.masked_fill(target_mask == 0, IGNORE_INDEX),
                 attention_mask=self._prepared_mask(mask, causal=False, dtype=embeds.dtype),
                 decoder_attention_mask=self._prepared_mask(target_mask, causal=True, dtype=embeds.dtype),
             )
@@ -161,12 +177,16 @@ class LanguageModel(nn.Module):
             return keep
         return torch.zeros(keep.shape, dtype=dtype, device=mask.device).masked_fill(~keep, torch.finfo(dtype).min)
 
+    def decode(self, ids: Tensor) -> list[str]:
+        return [text.strip() for text in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
     @torch.no_grad()
-    def generate(self, soft_prompt: Tensor, prompt_ids: Tensor, gen: GenerationConfig,
-                 prompt_mask: Tensor | None = None) -> list[str]:
-        """Beam search from the soft prompt (+ prompt / prefix); returns the decoded, stripped texts."""
+    def generate_ids(self, soft_prompt: Tensor, prompt_ids: Tensor, gen: GenerationConfig,
+                     prompt_mask: Tensor | None = None) -> Tensor:
+        """Beam search from the soft prompt (+ prompt / prefix); returns the new token ids [B, L], finished rows
+        padded with the pad id."""
         embeds, mask = self._inputs(soft_prompt, prompt_ids, prompt_mask)
-        out = self.model.generate(
+        return self.model.generate(
             inputs_embeds=embeds,
             attention_mask=mask,
             do_sample=False,
@@ -178,7 +198,6 @@ class LanguageModel(nn.Module):
             eos_token_id=self.stop_token_id,
             pad_token_id=self.tokenizer.pad_token_id,
         )
-        return [text.strip() for text in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
 
 
 def build_llm(cfg: LLMConfig, adapter_names: list[str], lora_settings: lora.LoraSettings, *,

@@ -415,7 +415,9 @@ def reference_style(model: RegionBLIP, family: str = "opt") -> dict[str, torch.T
             continue
         top, key, rest = name.split(".", 2) if name.count(".") >= 2 else (*name.split("."), "")
         value = value.clone()
-        if top == "encoders":
+        if top == "itc_text":
+            out["temp" if key == "temp" else f"stage1_proj_text.{rest}"] = value
+        elif top == "encoders":
             out[rest if key == "vision" else f"point_encoder.{rest}"] = value
         elif top == "qformers":
             out[f"{ {'blip2': 'Qformer', 'point': 'Qformer_pc'}[key]}.{_reference_leaf(rest)}"] = value
@@ -438,22 +440,18 @@ def reference_style(model: RegionBLIP, family: str = "opt") -> dict[str, torch.T
 
 
 def reference_model(data: dict) -> RegionBLIP:
-    """A model shaped as the reference: one text projection and one temperature shared by all modalities."""
-    model = build(data)
-    with torch.no_grad():
-        shared_text = {k: v.clone() for k, v in model.heads["image"].text_proj.state_dict().items()}
-        for heads in model.heads.values():
-            heads.text_proj.load_state_dict(shared_text)
-            heads.temp.copy_(model.heads["image"].temp)
-    return model
+    """A model shaped as the reference (reference_config: one text projection and temperature for all)."""
+    return build(data)
 
 
 def reference_config(assets, family: str = "opt") -> dict:
     data = tiny_model_dict(assets, family)
+    data["shared_itc_text_head"] = True
     if family == "t5":
         data["lora"]["llm"]["target_modules"] = ["q", "v"]  # the reference's T5 LoRA targets
-    for m in data["modalities"].values():  # the reference's ITM head is the image's only
-        m["losses"].pop("itm", None)
+    for name, m in data["modalities"].items():  # the reference's ITM head is the image's only
+        if name != "image":
+            m["losses"].pop("itm", None)
     return data
 
 
@@ -465,11 +463,14 @@ def test_converter_maps_a_reference_checkpoint(assets, tmp_path, family):
     assert {"Qformer_pc.cls.predictions.decoder.bias", "Qformer_pc.cls.predictions.decoder.weight",
             "Qformer_pc.bert.embeddings.position_ids", f"{family}_proj_img.weight"} <= set(state)
     torch.save({"model": state}, tmp_path / "ref.pth")
-    result = _converter().convert_file(tmp_path / "ref.pth", tmp_path / "ours.pth", blip2_image_modality="")
-    # only frozen parts stay unmapped (their tied aliases and buffers); nothing of the trainable point Q-Former
-    frozen = ("visual_encoder.", "ln_vision.", "point_encoder.", "Qformer.", f"{family}_model.")
-    assert result.unmapped and all(k.startswith(frozen) and "lora_" not in k for k in result.unmapped)
-    assert not result.dropped
+    convert = _converter()
+    result = convert.convert_file(tmp_path / "ref.pth", tmp_path / "ours.pth", blip2_image_modality="")
+    # only tied aliases and buffers are dropped; nothing of the trainable point Q-Former
+    assert set(result.dropped) <= {convert.TIED_ALIAS, convert.BUFFER, convert.FROZEN}, result.dropped
+    # T5's embeddings are tied to `shared` (frozen, not saved): the aliases are the LLM's frozen weights
+    assert all(k.startswith(f"{family}_model.") for k in result.dropped.get(convert.FROZEN, []))
+    assert not any("lora_" in k or k.startswith("Qformer_pc.bert.encoder") for k in result.unmapped)
+    assert "model.shared_itc_text_head=true" in (tmp_path / "ours.pth.options").read_text().splitlines()
     other = build(data, seed=3)
     other.load_trainable_state_dict(torch.load(tmp_path / "ours.pth", weights_only=True)["model"])
     for name, value in model.trainable_state_dict().items():
@@ -491,10 +492,15 @@ def test_converter_drops_the_blip2_image_path(assets, tmp_path, trained_image_ad
         warnings.simplefilter("always")
         result = _converter().convert_state_dict(reference_style(model))
     assert any("lora_B_img" in str(w.message) for w in caught) == trained_image_adapter
-    assert result.dropped and all(re.search(r"(_img$|_img\.|^img_itm_head\.)", k) for k in result.dropped)
-    assert not any(k.startswith("heads.image.") or ".image." in k for k in result.converted)
-    # the rest loads into a config whose image path is BLIP-2's, frozen and without an adapter
-    torch.save({"model": synthetic_blip2_state(model)}, tmp_path / "blip2.pth")
+    path = result.dropped[_converter().BLIP2_PATH]
+    assert path and all(re.search(r"(_img$|^query_tokens_img$|^opt_proj_img\.)", k) for k in path), path
+    # its ITC / ITM heads are kept: a stage-2 BLIP-2 file lacks them, so they train here as in the reference
+    image = {k for k in result.converted if k.startswith("heads.image.") or ".image." in k}
+    assert image == {f"heads.image.{p}.{leaf}" for p in ("vision_proj", "itm_head") for leaf in ("weight", "bias")}
+    # the rest loads into a config whose image path is BLIP-2's (a stage-2 file), frozen and without an adapter
+    stage2 = {k: v for k, v in synthetic_blip2_state(model).items()
+              if not k.startswith(("vision_proj.", "text_proj.", "itm_head.", "temp"))}
+    torch.save({"model": stage2}, tmp_path / "blip2.pth")
     ours = build(blip2_config(assets, tmp_path / "blip2.pth", reference_config(assets)))
     ours.load_trainable_state_dict(result.converted)
 

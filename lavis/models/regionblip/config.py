@@ -22,6 +22,9 @@ class EncoderEntry:
     input_key: str = "???"  # the batch key it reads, e.g. image or points
     params: Dict[str, Any] = field(default_factory=dict)  # fields of the encoder's Config
     init_from_blip2: bool = False  # load visual_encoder.* / ln_vision.* of blip2_checkpoint_path
+    # a trainable Linear from the encoder's width to its Q-Formers' encoder_width: where the widths differ (false),
+    # or always (true), as the reference's `pc_adapter`, which a release holds even at equal widths
+    width_adapter: bool = False
 
 
 @dataclass
@@ -62,9 +65,13 @@ class RegionBLIPConfig:
     embed_dim: int = 256  # ITC projection width
     max_text_len: int = 32  # tokens, for both the Q-Former text and the LLM target
     itc_label_smoothing: float = 0.1
-    # Keep BLIP-2's own path as loaded, so it stays BLIP-2's function: every head tensor (queries, LLM and ITC
-    # projections, temperature, ITM head) of each modality with init_from_blip2, no region, lora: false and a frozen
-    # Q-Former; the encoders (ln_vision included) and frozen Q-Formers are frozen regardless.
+    # One ITC text projection and temperature shared by every modality with ITC / ITM (checkpoint keys
+    # `itc_text.*`), as the reference RegionBLIP (`stage1_proj_text`, `temp`); false: each modality has its own
+    shared_itc_text_head: bool = False
+    # Keep BLIP-2's own path as loaded, so it stays BLIP-2's function: the queries and LLM projection of each
+    # modality with init_from_blip2, no region, lora: false and a frozen Q-Former, and its ITC / ITM heads where the
+    # file holds them (a stage-1 file); those a stage-2 file lacks train, as in the reference. The encoders
+    # (ln_vision included) and frozen Q-Formers are frozen regardless.
     freeze_blip2_pretrain: bool = True
     blip2_checkpoint_path: Optional[str] = None  # a LAVIS BLIP-2 file: {"model": state dict}, read weights-only
     # Random weights everywhere: no checkpoint is read and weight paths need not exist; the LLM is built from the
@@ -97,6 +104,8 @@ def _check_refs(cfg: RegionBLIPConfig) -> None:
             raise ConfigError(f"{where}.prefix is for llm.family t5; OPT takes `prompt`")
         if family is LLMFamily.t5 and m.prompt:
             raise ConfigError(f"{where}.prompt is for llm.family opt; FlanT5 takes `prefix`")
+    if cfg.llm.bos_target_with_empty_prompt and LLMFamily(cfg.llm.family) is not LLMFamily.opt:
+        raise ConfigError("model.llm.bos_target_with_empty_prompt is for llm.family opt (T5 has no leading </s>)")
 
 
 def _check_qformers(cfg: RegionBLIPConfig) -> None:
@@ -106,7 +115,13 @@ def _check_qformers(cfg: RegionBLIPConfig) -> None:
 
 
 def _check_widths(cfg: RegionBLIPConfig) -> None:
-    """All Q-Formers an encoder feeds must share one width, so one adapter per encoder suffices."""
+    """All Q-Formers an encoder feeds must share one width, so one adapter per encoder suffices; a shared ITC text
+    head needs one Q-Former width."""
+    if cfg.shared_itc_text_head:
+        hidden = {cfg.qformers[m.qformer].config.hidden_size for m in cfg.modalities.values()}
+        if len(hidden) > 1:
+            raise ConfigError(f"model.shared_itc_text_head: the modalities' Q-Formers have different hidden_size "
+                              f"{sorted(hidden)}; one text projection cannot serve them (set it false)")
     widths: dict[str, set[int]] = {}
     for m in cfg.modalities.values():
         widths.setdefault(m.encoder, set()).add(cfg.qformers[m.qformer].config.encoder_width)

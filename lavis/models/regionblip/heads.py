@@ -1,6 +1,9 @@
 """The tensors one modality owns: its learnable queries, PaFE (region modalities), LLM projection, ITC projections
 and temperature, ITM head and regression head, and its fixed LLM prompt ids. Only the parts its enabled losses use
-are built, so every trainable tensor of a modality receives a gradient from that modality's batches."""
+are built, so every trainable tensor of a modality receives a gradient from that modality's batches.
+
+`ItcTextHead` is the text side of ITC (the [CLS] projection and the temperature): each modality's own by default, or
+one shared by every modality (`shared_itc_text_head`), as the reference RegionBLIP's `stage1_proj_text` and `temp`."""
 
 from __future__ import annotations
 
@@ -12,6 +15,19 @@ from torch import Tensor, nn
 from lavis.models.regionblip.region import PaFE
 
 TEMP_INIT, TEMP_MIN, TEMP_MAX = 0.07, 0.001, 0.5  # BLIP-2's ITC temperature and its clamp
+
+
+class ItcTextHead(nn.Module):
+    """The text [CLS] projection and the temperature of ITC."""
+
+    def __init__(self, width: int, embed_dim: int):
+        super().__init__()
+        self.text_proj = nn.Linear(width, embed_dim)
+        self.temp = nn.Parameter(torch.tensor(TEMP_INIT))
+
+    def clamp_temperature(self) -> None:
+        with torch.no_grad():
+            self.temp.clamp_(TEMP_MIN, TEMP_MAX)
 
 
 class ModalityHeads(nn.Module):
@@ -26,6 +42,7 @@ class ModalityHeads(nn.Module):
         pafe_hidden: int,
         losses: dict[str, float],
         prompt_ids: Tensor,
+        own_text_head: bool = True,
     ):
         super().__init__()
         # [1, P]: the LLM prompt (OPT) or prefix (T5) ids. A buffer, so `.to(device)` moves it with the model and the
@@ -38,8 +55,9 @@ class ModalityHeads(nn.Module):
         self.llm_proj = nn.Linear(width, llm_width)  # always: generation needs it
         contrastive = bool(on & {"itc", "itm"})  # ITM samples its negatives from the ITC similarities
         self.vision_proj = nn.Linear(width, embed_dim) if contrastive else None
-        self.text_proj = nn.Linear(width, embed_dim) if contrastive else None
-        self.temp = nn.Parameter(torch.tensor(TEMP_INIT)) if contrastive else None
+        # the text side: its own unless the model shares one ItcTextHead between modalities
+        self.text_proj = nn.Linear(width, embed_dim) if contrastive and own_text_head else None
+        self.temp = nn.Parameter(torch.tensor(TEMP_INIT)) if contrastive and own_text_head else None
         self.itm_head = nn.Linear(width, 2) if "itm" in on else None
         self.reg_head = nn.Linear(width, region_dim) if region_dim and "reg" in on else None
 

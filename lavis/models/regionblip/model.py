@@ -22,7 +22,7 @@ from lavis.models.llm import LLMFamily, build_llm
 from lavis.models.qformer import QFormer, build_qformer_tokenizer
 from lavis.models.regionblip import losses as L
 from lavis.models.regionblip.config import RegionBLIPConfig, validate, without_weights
-from lavis.models.regionblip.heads import ModalityHeads
+from lavis.models.regionblip.heads import ItcTextHead, ModalityHeads
 from lavis.models.regionblip.region import region_dim
 from lavis.models.regionblip.text import RegionTextTokenizer
 
@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 # Key prefixes of the encoder in a LAVIS BLIP-2 file (the file format, not a modality): EVA ViT-g and its ln_vision
 BLIP2_ENCODER_PREFIXES = ("visual_encoder.", "ln_vision.")
 BLIP2_QFORMER_PREFIX = "Qformer."
+# The heads of a frozen BLIP-2 path that are always BLIP-2's (its captions): queries and the LLM projection
+BLIP2_CAPTION_HEADS = ("queries", "llm_proj.")
 
 
 @dataclass
@@ -79,11 +81,16 @@ class RegionBLIP(BaseModel):
         for m in cfg.modalities.values():
             width = cfg.qformers[m.qformer].config.encoder_width
             features = self.encoders[m.encoder].num_features
-            if features != width and m.encoder not in self.encoder_adapters:
+            wanted = features != width or cfg.encoders[m.encoder].width_adapter
+            if wanted and m.encoder not in self.encoder_adapters:
                 self.encoder_adapters[m.encoder] = nn.Linear(features, width)
 
         self.llm = build_llm(cfg.llm, lora_names, cfg.lora.llm, random_init=cfg.random_init)
         self.heads = nn.ModuleDict({name: self._build_heads(name) for name in cfg.modalities})
+        # the reference's one text projection and temperature for all modalities, or None: each has its own
+        contrastive = [m for m in cfg.modalities.values() if {"itc", "itm"} & {t for t, w in m.losses.items() if w}]
+        self.itc_text = ItcTextHead(cfg.qformers[contrastive[0].qformer].config.hidden_size, cfg.embed_dim) \
+            if cfg.shared_itc_text_head and contrastive else None
 
         # BLIP-2's own paths kept as loaded (freeze_blip2_pretrain): nothing of theirs trains
         self.frozen_blip2_paths = self._blip2_own_paths() if cfg.freeze_blip2_pretrain else []
@@ -130,6 +137,7 @@ class RegionBLIP(BaseModel):
             # the fixed LLM prompt (OPT) or prefix (T5), tokenized once. OPT's tokenizer prepends </s>; T5's appends
             # it: the layouts of lavis.models.llm
             prompt_ids=self.llm.tokenizer(m.prompt or m.prefix, return_tensors="pt").input_ids,
+            own_text_head=not self.cfg.shared_itc_text_head,
         )
 
     def _add_qformer_adapters(self) -> None:
@@ -155,10 +163,13 @@ class RegionBLIP(BaseModel):
     def _freeze(self) -> None:
         self.encoders.requires_grad_(False)  # BLIP-2's ln_vision included: it is part of the EVA encoder module
         for name in self.frozen_blip2_paths:
-            # every head, not only the queries and LLM projection: the ITC projections, temperature and ITM head are
-            # BLIP-2's too (its zero-shot retrieval), and stage 2 has no image-text data that could train them, so
-            # the path stays exactly BLIP-2's function and checkpoints do not carry copies of BLIP-2's tensors
-            self.heads[name].requires_grad_(False)
+            # the queries and LLM projection (its captions), and every ITC / ITM head the file provided (a stage-1
+            # file: its zero-shot retrieval stays BLIP-2's); the ITC / ITM heads a stage-2 file lacks would stay
+            # random if frozen, so they train, as in the reference RegionBLIP (without a file, random_init: train)
+            missing = set(self.blip2_load.missing.get(f"heads.{name}", ())) if self.blip2_load else None
+            for key, p in self.heads[name].named_parameters():
+                taken = missing is not None and key not in missing
+                p.requires_grad_(not (key.startswith(BLIP2_CAPTION_HEADS) or taken))
 
     @property
     def blip2_report(self) -> dict[str, list[str]]:
@@ -231,7 +242,7 @@ class RegionBLIP(BaseModel):
 
     def _check_frozen_path(self, name: str, missing: list[str], where: str, llm_proj: str) -> None:
         """A frozen BLIP-2 path needs BLIP-2's queries and LLM projection from the file (captioning); its ITC / ITM
-        heads only serve zero-shot retrieval, and a stage-2 BLIP-2 file (OPT / FlanT5) may lack them: a warning."""
+        heads only serve ITC / ITM, and a stage-2 BLIP-2 file (OPT / FlanT5) lacks them: they train (see _freeze)."""
         file_names = {"queries": "query_tokens", "llm_proj.weight": f"{llm_proj}.weight",
                       "llm_proj.bias": f"{llm_proj}.bias"}
         for ours, theirs in file_names.items():
@@ -242,8 +253,8 @@ class RegionBLIP(BaseModel):
                     f"family ({self.cfg.llm.family}), or set freeze_blip2_pretrain: false to train it"
                 )
         if missing:
-            log.warning("%s: modality '%s' is frozen as BLIP-2's own path but the file lacks %s: they stay as "
-                        "initialised (its zero-shot ITC / ITM features are not BLIP-2's)", where, name, missing)
+            log.info("%s: modality '%s' is BLIP-2's own path; the file lacks its %s (a stage-2 file): they train, "
+                     "as in the reference RegionBLIP", where, name, missing)
 
     # ---- forward ------------------------------------------------------------------------------------------------
     def loss_weights(self, modality: str) -> dict[str, float]:
@@ -283,14 +294,18 @@ class RegionBLIP(BaseModel):
 
     def forward(self, batch: dict[str, Any]) -> ModelOutput:
         name = batch["modality"]
-        if name in self.frozen_blip2_paths and self.training and torch.is_grad_enabled():
-            raise ValueError(
-                f"modality '{name}' is BLIP-2's own path, frozen by freeze_blip2_pretrain: nothing of it trains. "
-                "Evaluate it, train other modalities, or set freeze_blip2_pretrain: false"
-            )
         on = self.loss_weights(name)
+        if name in self.frozen_blip2_paths and self.training and torch.is_grad_enabled() \
+                and not self._trains_anything(name, on):
+            raise ValueError(
+                f"modality '{name}' is BLIP-2's own path, frozen by freeze_blip2_pretrain: none of its enabled "
+                f"losses {sorted(on)} trains a tensor. Evaluate it, train other modalities, or set "
+                "freeze_blip2_pretrain: false"
+            )
         heads = self.heads[name]
         heads.clamp_temperature()
+        if self.itc_text is not None:
+            self.itc_text.clamp_temperature()
         with self._adapter_scope(name):
             feats = self.extract(batch)
             # step 4: the enabled loss terms
@@ -306,20 +321,39 @@ class RegionBLIP(BaseModel):
             if "llm" in on:
                 soft_prompt = heads.llm_proj(feats.query_outputs)
                 losses["llm"] = self.llm.loss(
-                    soft_prompt, heads.prompt_ids, batch["llm_target_ids"], batch["llm_target_mask"]
+                    soft_prompt, heads.prompt_ids, batch["llm_target_ids"], batch["llm_target_mask"],
+                    prompt_is_target=self.prompt_is_target(name),
                 )
             if "reg" in on:
                 prediction = heads.reg_head(feats.query_outputs.mean(dim=1))
                 losses["reg"] = L.regression_loss(prediction, batch["region_geometry"])
         return ModelOutput(losses=losses, extras={"query_outputs": feats.query_outputs.detach()})
 
+    def prompt_is_target(self, modality: str) -> bool:
+        """Whether OPT's prompt (its </s> alone) is a target of `modality`'s LLM loss (bos_target_with_empty_prompt)."""
+        return self.cfg.llm.bos_target_with_empty_prompt and not self.cfg.modalities[modality].prompt
+
+    def _trains_anything(self, name: str, on: dict[str, float]) -> bool:
+        """Whether an enabled loss of a frozen BLIP-2 path reaches a trainable tensor: its ITC / ITM heads (those its
+        file lacked) or the shared ITC text head. Its captioning losses reach nothing trainable."""
+        heads = [p for key, p in self.heads[name].named_parameters() if not key.startswith(BLIP2_CAPTION_HEADS)]
+        if self.itc_text is not None:
+            heads += list(self.itc_text.parameters())
+        return bool({"itc", "itm"} & on.keys()) and any(p.requires_grad for p in heads)
+
+    def _text_head(self, name: str) -> tuple[nn.Linear, Tensor]:
+        """(text projection, temperature) of `name`'s ITC: the shared ones or its own."""
+        owner = self.itc_text if self.itc_text is not None else self.heads[name]
+        return owner.text_proj, owner.temp
+
     def _contrastive(self, name: str, feats: QueryFeatures, batch: dict[str, Any]) -> tuple[Tensor, tuple]:
         heads, qformer = self.heads[name], self.qformers[self.cfg.modalities[name].qformer]
+        text_proj, temp = self._text_head(name)
         query_feats = F.normalize(heads.vision_proj(feats.query_outputs), dim=-1)
         text_hidden = qformer(input_ids=batch["qformer_text_ids"], attention_mask=batch["qformer_text_mask"])
-        text_feat = F.normalize(heads.text_proj(text_hidden[:, 0]), dim=-1)
+        text_feat = F.normalize(text_proj(text_hidden[:, 0]), dim=-1)
         loss, sim_i2t, sim_t2i, targets = L.contrastive_loss(
-            query_feats, text_feat, heads.temp, self.cfg.itc_label_smoothing
+            query_feats, text_feat, temp, self.cfg.itc_label_smoothing
         )
         return loss, (sim_i2t, sim_t2i, targets)
 
@@ -383,14 +417,15 @@ class RegionBLIP(BaseModel):
     @torch.no_grad()
     def text_features(self, texts: list[str], modality: str) -> Tensor:
         """[T, E]: the normalised ITC embedding of each text's [CLS] (the modality's Q-Former and LoRA)."""
-        heads = self._itc_heads(modality)
+        self._itc_heads(modality)
+        text_proj, _ = self._text_head(modality)
         qformer = self.qformers[self.cfg.modalities[modality].qformer]
-        device = heads.text_proj.weight.device
+        device = text_proj.weight.device
         tokens = self.text_tokenizer(list(texts), modality)
         with self._adapter_scope(modality):
             hidden = qformer(input_ids=tokens["qformer_text_ids"].to(device),
                              attention_mask=tokens["qformer_text_mask"].to(device))
-            return F.normalize(heads.text_proj(hidden[:, 0]), dim=-1)
+            return F.normalize(text_proj(hidden[:, 0]), dim=-1)
 
     # ---- generation ---------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -398,6 +433,11 @@ class RegionBLIP(BaseModel):
         """Texts for a single-modality batch: steps 1-3, then the LLM's beam search. `prompts`: one LLM prompt
         (OPT) or prefix (T5) per sample, e.g. a question, in place of the modality's fixed one. `overrides` are
         fields of `generation` (num_beams, max_new_tokens, min_new_tokens, repetition_penalty, length_penalty)."""
+        return self.llm.decode(self.generate_ids(batch, prompts, **overrides))
+
+    @torch.no_grad()
+    def generate_ids(self, batch: dict[str, Any], prompts: Optional[list[str]] = None, **overrides: Any) -> Tensor:
+        """As `generate`, the new token ids [B, L] before decoding."""
         gen = dataclasses.replace(self.cfg.generation, **overrides)
         name = batch["modality"]
         prompt_ids, prompt_mask = self.heads[name].prompt_ids, None
@@ -408,4 +448,4 @@ class RegionBLIP(BaseModel):
                 if len(prompts) != soft_prompt.shape[0]:
                     raise ValueError(f"{len(prompts)} prompts for a batch of {soft_prompt.shape[0]} samples")
                 prompt_ids, prompt_mask = self.llm.tokenize_prompts(list(prompts))
-            return self.llm.generate(soft_prompt, prompt_ids, gen, prompt_mask)
+            return self.llm.generate_ids(soft_prompt, prompt_ids, gen, prompt_mask)
