@@ -268,6 +268,25 @@ def test_vqa_right_answers_score_one(tmp_path, assets, monkeypatch):
                          for c in calls)
 
 
+@pytest.mark.parametrize("rule, unanimous_score", [("official", 0.0), ("clean", 1.0)])
+def test_vqa_answer_normalization_is_the_entrys(tmp_path, assets, monkeypatch, rule, unanimous_score):
+    """A capitalised "Yes." where all ten annotators agree: the official script does not normalise it (0), the
+    named "clean" rule does (1); the metrics file records which rule scored."""
+    agree = {qid: len(set(answers)) == 1 for qid, _, _, answers, _ in QUESTIONS}
+    right = {qid: answers[0] for qid, _, _, answers, _ in QUESTIONS}
+    monkeypatch.setattr(RegionBLIP, "generate", lambda self, batch, prompts=None, **kw: [
+        right[qid].capitalize() + "." for qid in batch["question_id"]])
+    cfg_path = vqa_config(tmp_path, assets, f"vqa_{rule}")
+    evaluate_main(["--cfg-path", str(cfg_path), "--options", f"datasets.vqa.answer_normalization={rule}"])
+    report = json.loads((tmp_path / f"vqa_{rule}" / "vqa_val2014_metrics.json").read_text())
+    assert report["answer_normalization"] == rule
+    scored = [r["question_id"] for r in json.loads(
+        (tmp_path / f"vqa_{rule}" / "vqa_val2014_vqa_results.json").read_text()) if r["question_id"] in agree]
+    unanimous = sum(agree[qid] for qid in scored)
+    expected = (unanimous * unanimous_score + (len(scored) - unanimous)) / len(scored)
+    assert 0 < unanimous < len(scored) and report["metrics"]["accuracy"] == pytest.approx(expected)
+
+
 def test_vqa_builder_reports_missing_files(tmp_path):
     ann_root, image_root = write_vqa(tmp_path)
     (ann_root / "v2_mscoco_val2014_annotations.json").unlink()

@@ -31,7 +31,6 @@ from lavis.datasets.annotation_io import load_array
 from lavis.datasets.datasets.refcoco import box_pixel_bounds
 from lavis.datasets.datasets.scanrefer import read_ply_vertices
 from lavis.datasets.loaders import Collator
-from lavis.models.regionblip.region import corner_layout
 from lavis.processors.image_processors import (
     BoxImageProcessor,
     ImageReadError,
@@ -44,6 +43,7 @@ from lavis.processors.point_processors import (
     PointCloudProcessor,
     corners_to_geometry,
 )
+from lavis.processors.region_kinds import corner_layout
 from lavis.runners.setup import resolve_load_path
 
 POINT_SUFFIXES = (".npy", ".npz", ".ply")

@@ -23,8 +23,8 @@ Every other key of the reference's layout is dropped with its reason, reported b
     adapter: a warning, and `--blip2-image-modality ''` keeps them (for a config whose image modality has
     `lora: true`). Its ITC / ITM heads (`stage1_proj_img`, `img_itm_head`), which no stage-2 BLIP-2 file holds,
     are kept: they train here too;
-  * tied aliases (`cls.predictions.decoder.*` of both Q-Formers, `opt_model.lm_head.weight`): each is checked equal
-    to the tensor it is tied to where the file has that tensor;
+  * tied aliases (`cls.predictions.decoder.*` of both Q-Formers, `opt_model.lm_head.weight`): checked equal to the
+    tensor they are tied to where the file holds that tensor (a frozen module's is not saved: then unchecked);
   * buffers (`bert.embeddings.position_ids`; the point encoder's BatchNorm statistics, which come with its weights
     from the Point-BERT file);
   * frozen weights (visual_encoder, ln_vision, point_encoder, the BLIP-2 Q-Former, the LLM), in a full state dict:
@@ -49,6 +49,8 @@ from typing import NamedTuple
 
 import torch
 
+from lavis.models.regionblip.model import BLIP2_CAPTION_HEADS  # what a BLIP-2 image path takes from the BLIP-2 file
+
 MODALITIES = {"img": "image", "img_region": "image_region", "pc": "pointcloud", "pc_region": "pointcloud_region"}
 QFORMERS = {"Qformer": "qformers.blip2", "Qformer_pc": "qformers.point"}
 LLMS = {"opt_model": "llm.model", "t5_model": "llm.model"}
@@ -63,7 +65,6 @@ _BERT_TIED = {"cls.predictions.decoder.weight": "bert.embeddings.word_embeddings
 TIED = {"Qformer": _BERT_TIED, "Qformer_pc": _BERT_TIED,
         "opt_model": {"lm_head.weight": "model.decoder.embed_tokens.weight"}}  # FlanT5's head is not tied
 BUFFER_LEAVES = ("position_ids", "running_mean", "running_var", "num_batches_tracked")
-BLIP2_CAPTION_HEADS = ("queries", "llm_proj.")  # what a BLIP-2 image path takes from the BLIP-2 file
 
 _M = "|".join(sorted(MODALITIES, key=len, reverse=True))  # longest first: img_region before img
 _LORA = re.compile(rf"^(?P<owner>\w+?)\.(?P<path>.+)\.lora_(?P<ab>[AB])_(?P<m>{_M})$")

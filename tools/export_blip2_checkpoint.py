@@ -45,6 +45,8 @@ def blip2_state(model, modality: str) -> dict[str, torch.Tensor]:
                 key = dst + key[len(src):]
                 break
         state[key] = value.reshape([]) if key == "temp" else value
+    if model.itc_text is not None:  # shared_itc_text_head: BLIP-2's text_proj.* and temp are the shared ones
+        state.update({k: v.reshape([]) if k == "temp" else v for k, v in model.itc_text.state_dict().items()})
     return {k: v.detach().clone().contiguous() for k, v in state.items()}
 
 

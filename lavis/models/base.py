@@ -42,6 +42,10 @@ class BaseModel(nn.Module):
     def loss_weights(self, modality: str) -> dict[str, float]:
         raise NotImplementedError(f"{type(self).__name__} must implement loss_weights")
 
+    def checkpoint_mismatch_hint(self, missing: list[str], unexpected: list[str]) -> str:
+        """What a model knows about why a checkpoint's tensors differ from its trainable ones ('' for nothing)."""
+        return ""
+
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         return {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
 
@@ -51,8 +55,10 @@ class BaseModel(nn.Module):
         expected = {name for name, p in own.items() if p.requires_grad}
         missing, unexpected = sorted(expected - state.keys()), sorted(state.keys() - expected)
         if missing or unexpected:
+            hint = self.checkpoint_mismatch_hint(missing, unexpected)
             raise KeyError(
                 f"trainable tensors differ from the checkpoint: missing {missing[:10]}, unexpected {unexpected[:10]}"
+                + (f". {hint}" if hint else "")
             )
         with torch.no_grad():
             for name, value in state.items():

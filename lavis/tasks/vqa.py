@@ -1,6 +1,7 @@
 """Zero-shot visual question answering (VQAv2): the question, put into the dataset entry's `prompt`, becomes the
 modality's LLM prompt (OPT) or prefix (T5); the answer is generated with the entry's `generation` settings (short,
-beam search) and scored with the VQA accuracy (10-annotator consensus, normalised answers).
+beam search) and scored with the VQA accuracy (10-annotator consensus; answers normalised as the official
+vqaEval.py does, or as the entry's `answer_normalization` says).
 
 Contract: items carry `question` and `question_id`; the dataset entry has `prompt` (with {}) and `generation`; the
 dataset object's `annotations()` returns the official annotations of its questions (None: answers are only
@@ -53,9 +54,10 @@ class VQATask(BaseTask):
             log.warning("%s: no annotations: answers written, no accuracy computed", stem.name)
             return {}
         answered = {r["question_id"] for r in results}
-        scored = vqa_accuracy(results, [a for a in annotations if a["question_id"] in answered])
+        rule = getattr(ds_cfg, "answer_normalization", "official")
+        scored = vqa_accuracy(results, [a for a in annotations if a["question_id"] in answered], normalization=rule)
         metrics = {"accuracy": scored.overall}
         metrics.update({f"accuracy_{kind}": value for kind, value in scored.per_answer_type.items()})
         log.info("%s (%d questions): %s", stem.name, len(results),
                  "  ".join(f"{k} {100 * v:.2f}" for k, v in metrics.items()))
-        return {"metrics": metrics}
+        return {"metrics": metrics, "answer_normalization": rule}

@@ -113,6 +113,18 @@ def test_forward_backward_touches_exactly_the_modality_tensors(model, modality):
     model.zero_grad(set_to_none=True)
 
 
+def test_a_shared_itc_text_head_serves_every_modality(assets):
+    model = build({**tiny_model_dict(assets), "shared_itc_text_head": True})
+    assert all(h.text_proj is None and h.temp is None for h in model.heads.values())
+    for modality in ("image_region", "pointcloud"):
+        model.zero_grad(set_to_none=True)
+        out = model(make_batch(model, modality))
+        (out.losses["itc"] + out.losses["llm"]).backward()
+        assert model.itc_text.text_proj.weight.grad is not None and model.itc_text.temp.grad is not None, modality
+    assert {n for n in model.trainable_state_dict() if "text_proj" in n or n.endswith("temp")} == {
+        "itc_text.text_proj.weight", "itc_text.text_proj.bias", "itc_text.temp"}
+
+
 def test_frozen_parts(model):
     assert not any(p.requires_grad for p in model.encoders.parameters())
     base = [n for n, p in model.qformers["blip2"].named_parameters() if ".lora_" not in n]
@@ -503,6 +515,15 @@ def test_converter_drops_the_blip2_image_path(assets, tmp_path, trained_image_ad
     torch.save({"model": stage2}, tmp_path / "blip2.pth")
     ours = build(blip2_config(assets, tmp_path / "blip2.pth", reference_config(assets)))
     ours.load_trainable_state_dict(result.converted)
+
+
+def test_a_checkpoint_of_the_other_itc_text_layout_is_refused_saying_which(assets):
+    per_modality = build(tiny_model_dict(assets)).trainable_state_dict()
+    shared = build({**tiny_model_dict(assets), "shared_itc_text_head": True})
+    with pytest.raises(KeyError, match="set model.shared_itc_text_head=false"):
+        shared.load_trainable_state_dict(per_modality)
+    with pytest.raises(KeyError, match="set model.shared_itc_text_head=true"):
+        build(tiny_model_dict(assets)).load_trainable_state_dict(shared.trainable_state_dict())
 
 
 def test_converter_refuses_a_broken_tie():

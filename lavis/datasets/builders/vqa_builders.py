@@ -37,6 +37,9 @@ class VQAv2Config(DatasetConfig):
     prompt: str = "Question: {} Short answer:"  # the question fills {}; the LLM prompt (OPT) or prefix (T5)
     generation: GenerationConfig = field(default_factory=_short_answers)
     eval_image: BoxImageConfig = field(default_factory=BoxImageConfig)
+    # "official": GT-Vision-Lab's vqaEval.py, quirks included (what papers report); "clean": its normalisation applied
+    # also when all ten answers agree (lavis/common/vqa_accuracy.py). Recorded in the metrics file.
+    answer_normalization: str = "official"
 
 
 @DATASET_BUILDERS.register("vqav2")
@@ -47,6 +50,9 @@ class VQAv2Builder:
     def __init__(self, cfg: VQAv2Config):
         if "{}" not in cfg.prompt:
             raise ValueError(f"vqav2: prompt {cfg.prompt!r} has no {{}} for the question")
+        if cfg.answer_normalization not in ("official", "clean"):
+            raise ValueError(f"vqav2: answer_normalization must be 'official' or 'clean', not "
+                             f"{cfg.answer_normalization!r}")
         self.cfg = cfg
 
     def questions_file(self, split: str) -> Path:

@@ -211,8 +211,10 @@ def read_index(index_file: str | Path) -> dict[str, Any]:
 
 
 def check_region_kind(index_file: str | Path, wanted: Optional[str]) -> None:
-    """ValueError when the shards' corners follow another region kind than `wanted` (unrecorded: not checked)."""
-    stored = read_index(index_file).get("region_kind")
+    """ValueError when the shards' corners follow another region kind than `wanted`. Point-cloud shards written
+    before the kind was recorded hold `box3d_corners` (the only layout then)."""
+    index = read_index(index_file)
+    stored = index.get("region_kind", "box3d_corners" if index_payload(index) == "npy" else None)
     if stored is not None and wanted is not None and stored != wanted:
         raise ValueError(f"{index_file}: the shards' corners are laid out as region kind '{stored}', but the dataset's "
                          f"region_kind is '{wanted}'; rewrite them with tools/write_region_shards.py --region-kind "

@@ -26,8 +26,8 @@ from torch.utils.data import Dataset
 from lavis.datasets.annotation_io import AnnotationError, load_array, parsing, read_json
 from lavis.datasets.base import BadSampleError
 from lavis.datasets.datasets.objaverse import log_skipped
-from lavis.models.regionblip.region import corner_layout
 from lavis.processors.point_processors import PointCloudError, PointCloudProcessor, corners_to_geometry
+from lavis.processors.region_kinds import corner_layout
 
 ANNOTATION_KEYS = ("scene_id", "object_id", "description")
 

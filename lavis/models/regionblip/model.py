@@ -176,6 +176,19 @@ class RegionBLIP(BaseModel):
         """{part: the BLIP-2 tensors the file lacked}: the summary callers check ({} when no file was loaded)."""
         return self.blip2_load.missing if self.blip2_load else {}
 
+    def checkpoint_mismatch_hint(self, missing: list[str], unexpected: list[str]) -> str:
+        hints = []
+        if any(k.startswith("itc_text.") for k in missing) and any(".text_proj." in k for k in unexpected):
+            hints.append("the checkpoint has an ITC text projection per modality: set model.shared_itc_text_head=false")
+        if any(k.startswith("itc_text.") for k in unexpected) and any(".text_proj." in k for k in missing):
+            hints.append("the checkpoint has one shared ITC text head: set model.shared_itc_text_head=true")
+        frozen_path = [k for k in missing if any(k.startswith(f"heads.{n}.") for n in self.frozen_blip2_paths)]
+        if frozen_path:
+            hints.append(f"{frozen_path[:4]} are ITC / ITM heads of BLIP-2's image path that the BLIP-2 file lacks: "
+                         "they train (as in the reference RegionBLIP), so a checkpoint holds them; one written when "
+                         "they stayed frozen at their initial values does not")
+        return "; ".join(hints)
+
     def train(self, mode: bool = True) -> RegionBLIP:
         """Frozen encoders and frozen Q-Formers stay in eval mode (no dropout), as in BLIP-2."""
         super().train(mode)
@@ -231,6 +244,15 @@ class RegionBLIP(BaseModel):
             missing[part] = sorted(wanted - mapped.keys())
             if name in self.frozen_blip2_paths:
                 self._check_frozen_path(name, missing[part], where, llm_proj)
+
+        if self.itc_text is not None and any(m.init_from_blip2 for m in self.cfg.modalities.values()):
+            # shared_itc_text_head: a stage-1 file's text side starts the shared head (which serves every modality,
+            # so it trains, as the reference's); a stage-2 file has none
+            mapped = {k: v.reshape(()) if k == "temp" else v for k, v in state.items()
+                      if k == "temp" or k.startswith("text_proj.")}
+            _, unexpected["itc_text"] = load_into(self.itc_text, mapped, f"{where} -> itc_text")
+            taken.update(mapped)
+            missing["itc_text"] = sorted(set(self.itc_text.state_dict()) - mapped.keys())
 
         unused: dict[str, list[str]] = {}
         for k in sorted(set(state) - taken):
