@@ -366,6 +366,24 @@ def test_itm_negatives_never_pick_the_positive():
     assert {int(i) for i in draws[:, 0]} == {1, 2, 3, 4, 5}  # every other sample can be drawn
 
 
+def test_itm_negatives_of_non_finite_similarities_are_drawn_uniformly():
+    sim = torch.randn(4, 4)
+    sim[1, 2], sim[3] = float("nan"), float("inf")
+    draws = torch.stack([L.sample_hard_negatives(sim, torch.arange(4)) for _ in range(200)])
+    assert not (draws == torch.arange(4)).any()
+    assert {int(i) for i in draws[:, 3]} == {0, 1, 2}  # the inf row: any negative
+
+
+def test_itm_of_a_lone_sample_or_a_corrupt_input_does_not_raise(model):
+    """A last batch of one, or a NaN image, gives the image modality finite-or-skippable losses, not an error."""
+    lone = make_batch(model, "image", n=1)
+    assert model(lone).losses["itm"] == 0
+    corrupt = make_batch(model, "image", n=2)
+    corrupt["image"][0] = float("nan")
+    losses = model(corrupt).losses
+    assert not torch.isfinite(losses["itc"])  # the runner's non-finite check skips and counts this step
+
+
 def test_trainable_state_dict_round_trips(assets):
     model, other = build(tiny_model_dict(assets)), build(tiny_model_dict(assets))  # same frozen encoders
     with torch.no_grad():

@@ -58,11 +58,16 @@ def contrastive_loss(
 def sample_hard_negatives(similarity: Tensor, positives: Tensor) -> Tensor:
     """One index per row, drawn from softmax(similarity) with the positive column removed (never picked).
 
-    similarity [B, N], positives [B] column of each row's positive; needs N >= 2."""
+    similarity [B, N], positives [B] column of each row's positive; needs N >= 2. A row with a non-finite
+    similarity (a diverging step, a corrupt input) draws uniformly among its negatives instead of failing inside
+    the forward: the step's losses are non-finite too, and the runner skips and counts it."""
     if similarity.shape[1] < 2:
         raise ValueError("hard-negative sampling needs at least 2 samples in the (gathered) batch")
     masked = similarity.float().scatter(1, positives[:, None], float("-inf"))
-    return torch.multinomial(masked.softmax(dim=1), 1).squeeze(1)
+    weights = masked.softmax(dim=1)
+    uniform = torch.ones_like(weights).scatter(1, positives[:, None], 0.0)
+    finite = torch.isfinite(weights).all(dim=1, keepdim=True)  # on the device: no host read
+    return torch.multinomial(torch.where(finite, weights, uniform), 1).squeeze(1)
 
 
 def matching_loss(logits: Tensor, batch_size: int) -> Tensor:

@@ -383,6 +383,8 @@ class RegionBLIP(BaseModel):
         """ITM on (positive, negative sample for each text, negative text for each sample); negatives are drawn
         from the gathered batch by ITC similarity."""
         sim_i2t, sim_t2i, targets = sims
+        if sim_t2i.shape[1] < 2:  # a lone sample (a last batch of one) has no negative: no ITM term this step
+            return feats.query_outputs.new_zeros(())
         qformer = self.qformers[self.cfg.modalities[name].qformer]
         ids, mask = batch["qformer_text_ids"], batch["qformer_text_mask"]
         if L._world() > 1:  # texts are padded per rank: pad to the common maximum before gathering
