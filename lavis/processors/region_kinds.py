@@ -51,5 +51,3 @@ def corner_layout(kind: str) -> CornerLayout:
         with_layout = [name for name in REGION_KINDS.names() if REGION_KINDS.get(name).box_corners is not None]
         raise ValueError(f"region kind '{kind}' has no 3D box corner layout; kinds that have one: {with_layout}")
     return layout
-
-

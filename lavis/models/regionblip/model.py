@@ -88,9 +88,9 @@ class RegionBLIP(BaseModel):
         self.llm = build_llm(cfg.llm, lora_names, cfg.lora.llm, random_init=cfg.random_init)
         self.heads = nn.ModuleDict({name: self._build_heads(name) for name in cfg.modalities})
         # the reference's one text projection and temperature for all modalities, or None: each has its own
-        contrastive = [m for m in cfg.modalities.values() if {"itc", "itm"} & {t for t, w in m.losses.items() if w}]
-        self.itc_text = ItcTextHead(cfg.qformers[contrastive[0].qformer].config.hidden_size, cfg.embed_dim) \
-            if cfg.shared_itc_text_head and contrastive else None
+        contrastive = [name for name, heads in self.heads.items() if heads.vision_proj is not None]  # ITC or ITM on
+        width = cfg.qformers[cfg.modalities[contrastive[0]].qformer].config.hidden_size if contrastive else 0
+        self.itc_text = ItcTextHead(width, cfg.embed_dim) if cfg.shared_itc_text_head and contrastive else None
 
         # BLIP-2's own paths kept as loaded (freeze_blip2_pretrain): nothing of theirs trains
         self.frozen_blip2_paths = self._blip2_own_paths() if cfg.freeze_blip2_pretrain else []
