@@ -264,7 +264,7 @@ class RegionBLIP(BaseModel):
 
     def _check_frozen_path(self, name: str, missing: list[str], where: str, llm_proj: str) -> None:
         """A frozen BLIP-2 path needs BLIP-2's queries and LLM projection from the file (captioning); its ITC / ITM
-        heads only serve ITC / ITM, and a stage-2 BLIP-2 file (OPT / FlanT5) lacks them: they train (see _freeze)."""
+        heads are not needed for captions, and a stage-2 BLIP-2 file (OPT / FlanT5) lacks them: they train (_freeze)."""
         file_names = {"queries": "query_tokens", "llm_proj.weight": f"{llm_proj}.weight",
                       "llm_proj.bias": f"{llm_proj}.bias"}
         for ours, theirs in file_names.items():
