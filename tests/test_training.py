@@ -87,8 +87,12 @@ def test_checkpoint_holds_position_and_state(tmp_path):
     runner = make_runner(tmp_path, toy_run_config(tmp_path, max_epoch=1, ckpt_every_steps=3, keep_ckpts=0))
     runner.train()
     state = load_checkpoint(tmp_path / "out" / "checkpoint_00000003.pth")
+    plan = state["position"].pop("data_plan")
     assert state["position"] == {"epoch": 0, "position": 3, "global_step": 3, "bad_samples": 0, "seen_samples": 12,
-                                 "nonfinite_steps": 0}
+                                 "nonfinite_steps": 0, "schedule_offset": 0}
+    assert plan == {"world_size": 1, "accum_grad_iters": 1, "modality_schedule": "sequential", "epoch_batches": 6,
+                    "datasets": {"set_a": {"samples": 16, "batch_size": 4, "repeat": 1, "batches_per_epoch": 4},
+                                 "set_b": {"samples": 8, "batch_size": 4, "repeat": 1, "batches_per_epoch": 2}}}
     assert state["scheduler"] == {"name": "linear_warmup_cosine", "step": 3}
     assert len(state["rng"]) == 1 and state["optimizer"]["state"]
     assert state["config"]["run"]["ckpt_every_steps"] == 3

@@ -1,14 +1,21 @@
-"""Training checkpoints: written atomically, found again after a crash, read as data only.
+"""Training checkpoints: written atomically, found again after a crash, checked before use, read as data only.
 
 A checkpoint holds the trainable tensors, optimizer and scaler state, every rank's RNG state, the data position
 and the resolved config: megabytes, not the frozen gigabytes.
+
+torch.save writes a zip archive with a CRC-32 per record, but torch.load never checks them: a file with flipped
+bytes loads and trains on garbage weights. `verify_checkpoint` checks every CRC (and that the archive is complete)
+before a checkpoint is used; a damaged one is moved aside and the previous intact one is resumed from instead.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import random
 import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +24,16 @@ import torch
 
 CKPT_PATTERN = re.compile(r"^checkpoint_(\d{8})\.pth$")
 TMP_PATTERN = re.compile(r"^\.checkpoint_\d{8}\.pth\.tmp-\d+$")  # save_atomic's temporary names
+DAMAGED_SUFFIX = ".damaged"  # a checkpoint that failed verification is renamed to this; it no longer matches
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointWriteError(OSError):
+    pass
+
+
+class CheckpointDamagedError(ValueError):
     pass
 
 
@@ -90,10 +104,53 @@ def prune_checkpoints(output_dir: str | Path, keep: int) -> None:
         path.unlink(missing_ok=True)
 
 
+def verify_checkpoint(path: str | Path) -> None:
+    """Raise CheckpointDamagedError unless `path` is a complete torch archive whose every record matches its CRC."""
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as e:  # empty, truncated, not a zip archive, unreadable
+        with path.open("rb") as f:
+            head = f.read(4)
+        if head and head != b"PK\x03\x04":
+            raise CheckpointDamagedError(f"{path} is not a checkpoint: checkpoints are torch.save zip archives read "
+                                         "weights_only, and this file is not one (a plain pickle or a legacy torch "
+                                         "file?)") from e
+        raise CheckpointDamagedError(f"{path} is damaged: an incomplete checkpoint archive ({e}); it was cut off "
+                                     "while written or copied") from e
+    if bad is not None:
+        raise CheckpointDamagedError(f"{path} is damaged: record {bad} does not match its CRC-32 (flipped bytes)")
+
+
+def checkpoint_digest(path: str | Path) -> str:
+    """SHA-256 of the file: what evaluation results record to say which checkpoint they score."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def latest_intact_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest checkpoint in `output_dir` that passes verification. Each damaged newer one is renamed to
+    `*.pth.damaged` (kept for inspection, never resumed from or pruned by step) with a warning naming it."""
+    for path in reversed(list_checkpoints(output_dir)):
+        try:
+            verify_checkpoint(path)
+            return path
+        except CheckpointDamagedError as e:
+            aside = path.with_name(path.name + DAMAGED_SUFFIX)
+            os.replace(path, aside)
+            log.warning("%s; moved it to %s and falling back to the previous checkpoint", e, aside.name)
+    return None
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    verify_checkpoint(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - re-raised with the path

@@ -4,8 +4,12 @@
     datasets: {<name>: {builder, modality, batch_size, ...fields of the builder's Config}}
     run:      RunConfig fields
 
-Everything is validated before any weight or data is read; each error names the source file (or --options),
-the key, and the nearest valid key.
+A run YAML may extend another: `base: other.yaml` (relative to the YAML's own folder; chains allowed, cycles
+refused) is merged under it, and both under `--options`. In a map of named sections (model.modalities, encoders,
+qformers; datasets) `name: null` removes what a lower layer (a default YAML, a base) defined.
+
+Everything is validated before any weight or data is read; each error names the source (the YAML file that set the
+key, or `--options key=value`), the key, and the nearest valid key or a fix.
 """
 
 from __future__ import annotations
@@ -13,10 +17,14 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib
+import os
+import re
+import sys
+import traceback
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Callable, List, Optional
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -27,6 +35,12 @@ from lavis.common.registry import DATASET_BUILDERS, LR_SCHEDULES, MODELS, RUNNER
 
 CONFIG_ROOT = Path(__file__).resolve().parents[1] / "configs"
 TOP_LEVEL_KEYS = ("model", "datasets", "run")
+BASE_KEY = "base"  # a run YAML's parent (_file_layers)
+# Written into a run's config.yaml (lavis/common/preflight.py: the weight files it read); ignored when read back
+RECORD_KEYS = ("weight_fingerprints",)
+OPTIONS = "--options"
+
+Layer = tuple[str, DictConfig]  # (source: a file path or "--options key=value", its top-level mapping)
 
 
 class Device(str, Enum):
@@ -74,7 +88,9 @@ class RunConfig:
     trace_samples: bool = False  # write the sample ids of every step to samples_rank{r}.jsonl
     tensorboard: bool = True
     dist_timeout_s: int = 1800
+    hang_timeout_s: int = 600  # a rank whose heartbeat stops this long fails the job, named (0: no watchdog)
     caption_metrics: CaptionMetricsConfig = field(default_factory=CaptionMetricsConfig)  # evaluation scoring
+    gallery_samples: int = 8  # worst and best captioned samples per dataset in the gallery (lavis/common/gallery.py)
     compile: bool = False  # torch.compile each transformer block / Q-Former layer (lavis/common/compile.py)
 
 
@@ -87,9 +103,15 @@ class ResolvedConfig:
     model: Any
     datasets: dict[str, Any]  # name -> builder Config instance
     yaml: DictConfig
+    cfg_path: str = "<config>"
+    layers: list[Layer] = field(default_factory=list)  # every source, lowest first (default YAMLs, bases, --options)
 
     def builder_of(self, name: str):
         return DATASET_BUILDERS.get(self.datasets[name].builder or name)
+
+    def source_of(self, key: str) -> str:
+        """Where the dotted `key` was set (`--options key=value`, a run or default YAML); unset: the run YAML."""
+        return _source_of(key, self.layers, self.cfg_path)
 
 
 def _load_yaml(path: str | Path, what: str) -> DictConfig:
@@ -118,15 +140,21 @@ def _section(cfg: DictConfig, key: str, source: str) -> DictConfig:
     return _mapping(cfg.get(key), key, source)
 
 
-def _pick(key: str, user: DictConfig, options: DictConfig, cfg_path: str) -> tuple[Any, str]:
-    """(value, where it was set): --options over the file."""
-    source = _source_of(key, options, cfg_path)
-    return (options if source == "--options" else user).get(key), source
+def _pick(key: str, layers: list[Layer], default_source: str) -> tuple[Any, str]:
+    """(value, where it was set) of the dotted `key`: the highest layer that sets it; (None, default_source) if none."""
+    for source, layer in reversed(layers):
+        value = OmegaConf.select(layer, key, default=None)
+        if value is not None:
+            return value, source
+    return None, default_source
 
 
-def _source_of(key: str, options: DictConfig, cfg_path: str) -> str:
-    """Where the dotted `key` was set: "--options" when given there, else the config file."""
-    return "--options" if OmegaConf.select(options, key, default=None) is not None else cfg_path
+def _source_of(key: str, layers: list[Layer], default_source: str) -> str:
+    return _pick(key, layers, default_source)[1]
+
+
+def _is_option(source: str) -> bool:
+    return source.startswith(OPTIONS)
 
 
 def _registered(registry: Registry, name: Any, key: str, source: str, note: str = "") -> Any:
@@ -144,16 +172,64 @@ def _registered(registry: Registry, name: Any, key: str, source: str, note: str 
 
 def _check_top_level(cfg: DictConfig, source: str) -> None:
     for key in cfg.keys():
+        if key == BASE_KEY and _is_option(source):
+            raise ConfigError(f"{source}: 'base' is a key of a run YAML (the file it extends), not an override")
         if key not in TOP_LEVEL_KEYS:
             close = difflib.get_close_matches(str(key), TOP_LEVEL_KEYS, n=1)
             hint = f" Did you mean '{close[0]}'?" if close else ""
-            raise ConfigError(f"{source}: unknown top-level key '{key}'.{hint} A run YAML has: model, datasets, run")
+            raise ConfigError(f"{source}: unknown top-level key '{key}'.{hint} A run YAML has: model, datasets, run "
+                              "(and optionally base: the YAML it extends)")
 
 
-def _import_plugins(user_run: DictConfig, options_run: DictConfig, cfg_path: str) -> None:
-    """Import the modules of run.imports of the file, then of --options (both lists are imported)."""
-    for source, run in ((cfg_path, user_run), ("--options", options_run)):
-        names = run.get("imports")
+def _file_layers(cfg_path: str) -> list[Layer]:
+    """The run YAML and the chain of `base:` files it extends, lowest (the last base) first. A relative base is
+    relative to the folder of the YAML naming it; a file met twice is a cycle."""
+    layers: list[Layer] = []
+    chain: list[Path] = []
+    path, named_by = Path(cfg_path), None
+    while True:
+        resolved = path.resolve()
+        if resolved in chain:
+            cycle = " -> ".join(map(str, [*chain[chain.index(resolved):], resolved]))
+            raise ConfigError(f"{named_by}: 'base' makes a cycle: {cycle}; a YAML cannot extend itself", key=BASE_KEY)
+        chain.append(resolved)
+        if named_by is not None and not path.is_file():
+            raise ConfigError(f"{named_by}: bad value for 'base': {path} does not exist (a relative base is relative "
+                              "to the folder of the YAML naming it)", key=BASE_KEY)
+        cfg = _load_yaml(path, "config file")
+        base = cfg.get(BASE_KEY)
+        layers.append((str(path), _without(cfg, (BASE_KEY, *RECORD_KEYS))))
+        if base is None:
+            return layers[::-1]
+        if not isinstance(base, str) or not base:
+            raise ConfigError(f"{path}: bad value for 'base': expected the path of the run YAML this one extends, got "
+                              f"{describe(base)}", key=BASE_KEY)
+        path, named_by = Path(os.path.normpath(path.parent / base)), str(path)  # an absolute base stays as it is
+
+
+def _option_layers(options: list[str] | None) -> list[Layer]:
+    """One layer per `--options` item, so that an error names the item as typed."""
+    layers = []
+    for item in options or []:
+        source = f"{OPTIONS} {item}"
+        try:
+            layers.append((source, OmegaConf.from_dotlist([item])))
+        except Exception as e:  # noqa: BLE001 - a malformed key=value, re-raised with the item
+            raise ConfigError(f"{OPTIONS}: cannot parse {item!r} (expected key=value): {e}") from None
+    return layers
+
+
+def _failure(e: BaseException) -> str:
+    """An exception in one line, with where it was raised (outside importlib's machinery)."""
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if not f.filename.startswith("<frozen")]
+    where = f" (raised at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    return f"{type(e).__name__}: {e}{where}"
+
+
+def _import_plugins(layers: list[Layer]) -> None:
+    """Import the modules of run.imports of every layer (each layer's list is imported)."""
+    for source, layer in layers:
+        names = _section(layer, "run", source).get("imports")
         if names is None:
             continue
         if not isinstance(names, ListConfig):
@@ -167,18 +243,22 @@ def _import_plugins(user_run: DictConfig, options_run: DictConfig, cfg_path: str
                                   f"got {describe(name)}")
             try:
                 importlib.import_module(name)
-            except ImportError as e:  # the module, or something it imports, is missing
-                raise ConfigError(f"{source}: {key}: cannot import '{name}': {e}") from e
+            except Exception as e:  # noqa: BLE001 - a missing module, or one that fails while importing
+                # one message with the original error; the traceback stays reachable (`original`, --debug)
+                raise ConfigError(f"{source}: {key}: cannot import '{name}': {_failure(e)}", key=key,
+                                  original=e) from None
 
 
-def _resolve_model(user: DictConfig, options: DictConfig, cfg_path: str) -> tuple[str, str | None, DictConfig]:
-    model_user, model_opts = _section(user, "model", cfg_path), _section(options, "model", "--options")
-    arch, source = _pick("arch", model_user, model_opts, cfg_path)
+def _resolve_model(layers: list[Layer], cfg_path: str) -> tuple[str, str | None, DictConfig, list[Layer]]:
+    """(arch, model_type, merged model section, the model default YAML as a layer)."""
+    sections = [(source, _section(layer, "model", source)) for source, layer in layers]
+    arch, source = _pick("arch", sections, cfg_path)
     if arch is None or arch == "":
         raise ConfigError(f"{cfg_path}: model.arch is not set; registered models: {', '.join(MODELS.names())}")
     cls = _registered(MODELS, arch, "model.arch", source)
-    model_type, source = _pick("model_type", model_user, model_opts, cfg_path)
+    model_type, source = _pick("model_type", sections, cfg_path)
     sources: list[tuple[str, Any]] = []
+    default_layers: list[Layer] = []
     if model_type is not None:
         if not isinstance(model_type, str) or model_type not in cls.DEFAULT_CONFIGS:
             close = difflib.get_close_matches(str(model_type), list(cls.DEFAULT_CONFIGS), n=1)
@@ -190,10 +270,10 @@ def _resolve_model(user: DictConfig, options: DictConfig, cfg_path: str) -> tupl
         default_path = CONFIG_ROOT / cls.DEFAULT_CONFIGS[model_type]
         default = _section(_load_yaml(default_path, "model default config"), "model", str(default_path))
         sources.append((str(default_path), _without(default, ("arch", "model_type"))))
-    sources.append((cfg_path, _without(model_user, ("arch", "model_type"))))
-    sources.append(("--options", _without(model_opts, ("arch", "model_type"))))
+        default_layers.append((str(default_path), OmegaConf.create({"model": default})))
+    sources += [(source, _without(section, ("arch", "model_type"))) for source, section in sections]
     merged = merge_checked(OmegaConf.structured(cls.Config), sources, prefix="model")
-    return arch, model_type, merged
+    return arch, model_type, merged, default_layers
 
 
 def _without(cfg: DictConfig, keys: tuple[str, ...]) -> DictConfig:
@@ -201,34 +281,65 @@ def _without(cfg: DictConfig, keys: tuple[str, ...]) -> DictConfig:
     return OmegaConf.create({k: v for k, v in data.items() if k not in keys})
 
 
-def _resolve_datasets(user: DictConfig, options: DictConfig, cfg_path: str) -> dict[str, DictConfig]:
-    user_sets, opt_sets = _section(user, "datasets", cfg_path), _section(options, "datasets", "--options")
-    for name in opt_sets.keys():
-        if name not in user_sets:
-            raise ConfigError(
-                f"--options: dataset '{name}' is not in {cfg_path}; its datasets: {list(user_sets.keys())}"
-            )
-    resolved = {}
-    for name in user_sets.keys():
+def _dataset_layers(layers: list[Layer], cfg_path: str) -> tuple[dict[str, int], dict[str, str]]:
+    """({dataset: index of the layer from which its entry counts}, {removed dataset: the source removing it}).
+    `datasets.<name>: null` removes a dataset a lower layer defined; --options cannot invent one."""
+    start: dict[str, int] = {}
+    removed: dict[str, str] = {}
+    for i, (source, layer) in enumerate(layers):
+        sets = _section(layer, "datasets", source)
+        for name in map(str, sets.keys()):
+            if sets.get(name) is not None:
+                if _is_option(source) and name not in start:
+                    raise ConfigError(f"{source}: dataset '{name}' is not in {cfg_path}; its datasets: "
+                                      f"{list(start)}", key=f"datasets.{name}")
+                start.setdefault(name, i)
+                removed.pop(name, None)
+            elif name in start:
+                del start[name]
+                removed[name] = source
+            else:
+                raise ConfigError(f"{source}: 'datasets.{name}: null' removes nothing: no dataset '{name}' is "
+                                  f"defined below it (datasets: {list(start) or 'none'})", key=f"datasets.{name}")
+    return start, removed
+
+
+def _resolve_datasets(layers: list[Layer], cfg_path: str) -> tuple[dict[str, DictConfig], list[Layer]]:
+    """(name -> merged dataset section, the builders' default YAMLs as layers)."""
+    start, removed = _dataset_layers(layers, cfg_path)
+    resolved, default_layers = {}, []
+    for name, first in start.items():
         key = f"datasets.{name}"
-        entry = _mapping(user_sets.get(name), key, cfg_path)
-        entry_opts = _mapping(opt_sets.get(name), key, "--options")
-        builder_name, source = _pick("builder", entry, entry_opts, cfg_path)
+        entries = [(source, _mapping(_section(layer, "datasets", source).get(name), key, source))
+                   for source, layer in layers[first:] if name in _section(layer, "datasets", source)]
+        builder_name, source = _pick("builder", entries, layers[first][0])
         if builder_name is None or builder_name == "":  # unset: the entry's name is the builder's name
-            builder = _registered(DATASET_BUILDERS, str(name), f"{key}.builder", cfg_path,
+            builder = _registered(DATASET_BUILDERS, name, f"{key}.builder", layers[first][0],
                                   note=" (not set, so the entry's name is used)")
         else:
             builder = _registered(DATASET_BUILDERS, builder_name, f"{key}.builder", source)
         sources: list[tuple[str, Any]] = []
         if getattr(builder, "DEFAULT_CONFIG", None):
             default_path = CONFIG_ROOT / builder.DEFAULT_CONFIG
-            sources.append((str(default_path), _load_yaml(default_path, "dataset default config")))
-        sources.append((cfg_path, entry))
-        sources.append(("--options", entry_opts))
-        resolved[str(name)] = merge_checked(OmegaConf.structured(builder.Config), sources, prefix=key)
+            default = _load_yaml(default_path, "dataset default config")
+            sources.append((str(default_path), default))
+            default_layers.append((str(default_path), OmegaConf.create({"datasets": {name: default}})))
+        sources += entries
+        resolved[name] = merge_checked(OmegaConf.structured(builder.Config), sources, prefix=key)
     if not resolved:
-        raise ConfigError(f"{cfg_path}: no datasets given under 'datasets:'")
-    return resolved
+        gone = f" (removed: {', '.join(f'{n} by {s}' for n, s in removed.items())})" if removed else ""
+        raise ConfigError(f"{cfg_path}: no datasets given under 'datasets:'{gone}")
+    return resolved, default_layers
+
+
+def _removed_sections(layers: list[Layer], key: str) -> dict[str, str]:
+    """{name: the last source setting `<key>.<name>: null`}: the sections of the map `key` a layer removed."""
+    removed = {}
+    for source, layer in layers:
+        node = OmegaConf.select(layer, key, default=None)
+        if isinstance(node, DictConfig):
+            removed.update({str(name): source for name in node.keys() if node.get(name) is None})
+    return removed
 
 
 def _missing_required(node: DictConfig, prefix: str, cfg_path: str, hint: str = "") -> None:
@@ -248,7 +359,13 @@ def _unmerged_defaults_hint(arch: str, model_type: str | None) -> str:
     return f" (model.model_type is not set, so none of the default configs of '{arch}' {types} was merged)"
 
 
-def _path_fields(obj: Any, prefix: str) -> list[tuple[str, str]]:
+def is_path_key(key: str) -> bool:
+    """Whether a (dotted) key names a file or folder: path, *_path, *_root, *_file."""
+    name = key.rsplit(".", 1)[-1]
+    return name == "path" or name.endswith(("_path", "_root", "_file"))
+
+
+def path_fields(obj: Any, prefix: str) -> list[tuple[str, str]]:
     """(key, value) of every set field named *_path, *_root, *_file or path, recursively."""
     found = []
     if is_dataclass(obj):
@@ -259,10 +376,10 @@ def _path_fields(obj: Any, prefix: str) -> list[tuple[str, str]]:
         return found
     for name, value in items:
         key = f"{prefix}.{name}"
-        if isinstance(value, str) and value and (name == "path" or name.endswith(("_path", "_root", "_file"))):
+        if isinstance(value, str) and value and is_path_key(key):
             found.append((key, value))
         else:
-            found.extend(_path_fields(value, key))
+            found.extend(path_fields(value, key))
     return found
 
 
@@ -274,32 +391,34 @@ def is_weight_path(key: str) -> bool:
     return key.endswith(WEIGHT_PATH_SUFFIXES)
 
 
-def check_model_paths(model_cfg: Any, cfg_path: str) -> None:
-    fields_ = _path_fields(model_cfg, "model")
+def check_model_paths(model_cfg: Any, source_of: Callable[[str], str]) -> None:
+    """Every set model path exists (weight paths only unless `random_init`); each missing one is named with the
+    source that set it."""
+    fields_ = path_fields(model_cfg, "model")
     if getattr(model_cfg, "random_init", False):
         fields_ = [(key, value) for key, value in fields_ if not is_weight_path(key)]
-    errors = [f"{key} = {value}" for key, value in fields_ if not Path(value).exists()]
+    errors = [(key, f"{source_of(key)}: {key} = {value} does not exist") for key, value in fields_
+              if not Path(value).exists()]
     if errors:
-        raise ConfigError(
-            f"{cfg_path}: path(s) that do not exist: {'; '.join(errors)}. Fix them in the YAML or with --options"
-        )
+        raise ConfigError("\n".join(line for _, line in errors) + "\nFix the path where it is set (the YAML file, or "
+                          "--options key=value)", key=errors[0][0])
 
 
 def load_config(cfg_path: str, options: list[str] | None = None) -> ResolvedConfig:
-    user = _load_yaml(cfg_path, "config file")
-    try:
-        opts = OmegaConf.from_dotlist(list(options or []))
-    except Exception as e:  # noqa: BLE001 - a malformed key=value, re-raised with the flag
-        raise ConfigError(f"--options: cannot parse {options}: {e}") from None
-    _check_top_level(user, cfg_path)
-    _check_top_level(opts, "--options")
-    user_run, opts_run = _section(user, "run", cfg_path), _section(opts, "run", "--options")
-    _import_plugins(user_run, opts_run, cfg_path)
+    layers = _file_layers(cfg_path) + _option_layers(options)
+    for source, layer in layers:
+        _check_top_level(layer, source)
+    _import_plugins(layers)
 
-    run = merge_checked(OmegaConf.structured(RunConfig), [(cfg_path, user_run), ("--options", opts_run)], prefix="run")
-    arch, model_type, model = _resolve_model(user, opts, cfg_path)
-    datasets = _resolve_datasets(user, opts, cfg_path)
+    run = merge_checked(OmegaConf.structured(RunConfig), [(s, _section(layer, "run", s)) for s, layer in layers],
+                        prefix="run")
+    arch, model_type, model, model_defaults = _resolve_model(layers, cfg_path)
+    datasets, dataset_defaults = _resolve_datasets(layers, cfg_path)
     defaults_hint = _unmerged_defaults_hint(arch, model_type)
+    all_layers = [*model_defaults, *dataset_defaults, *layers]
+
+    def source_of(key: str) -> str:
+        return _source_of(key, all_layers, cfg_path)
 
     _missing_required(run, "run", cfg_path)
     _missing_required(model, "model", cfg_path, defaults_hint)
@@ -308,29 +427,57 @@ def load_config(cfg_path: str, options: list[str] | None = None) -> ResolvedConf
 
     run_obj: RunConfig = OmegaConf.to_object(run)
     for key, registry in (("run.task", TASKS), ("run.runner", RUNNERS), ("run.lr_schedule.name", LR_SCHEDULES)):
-        _registered(registry, OmegaConf.select(run, key[len("run."):]), key, _source_of(key, opts, cfg_path))
+        _registered(registry, OmegaConf.select(run, key[len("run."):]), key, source_of(key))
     model_obj = OmegaConf.to_object(model)
     dataset_objs = {name: OmegaConf.to_object(node) for name, node in datasets.items()}
 
     modalities = getattr(model_obj, "modalities", None)
-    for name, ds in dataset_objs.items():
-        if modalities is not None and ds.modality not in modalities:
-            raise ConfigError(
-                f"{_source_of(f'datasets.{name}.modality', opts, cfg_path)}: datasets.{name}.modality "
-                f"'{ds.modality}' is not a key of model.modalities ({', '.join(modalities)}){defaults_hint}"
-            )
+    if modalities is not None:
+        _check_dataset_modalities(dataset_objs, modalities, _removed_sections(layers, "model.modalities"), source_of,
+                                  defaults_hint)
     for name, ds in dataset_objs.items():
         if modalities is not None and hasattr(ds, "region_kind"):
-            _resolve_region_kind(name, ds, modalities, _source_of(f"datasets.{name}.region_kind", opts, cfg_path))
+            _resolve_region_kind(name, ds, modalities, source_of(f"datasets.{name}.region_kind"))
             datasets[name].region_kind = ds.region_kind  # the saved config says which kind was used
-    check_model_paths(model_obj, cfg_path)
+    with_source(MODELS.get(arch).check_config, source_of)(model_obj)  # cross-references, before any weight
+    check_model_paths(model_obj, source_of)
 
     yaml = OmegaConf.create({
         "model": {"arch": arch, "model_type": model_type, **OmegaConf.to_container(model, enum_to_str=True)},
         "datasets": {name: OmegaConf.to_container(node, enum_to_str=True) for name, node in datasets.items()},
         "run": OmegaConf.to_container(run, enum_to_str=True),
     })
-    return ResolvedConfig(run=run_obj, model_arch=arch, model=model_obj, datasets=dataset_objs, yaml=yaml)
+    return ResolvedConfig(run=run_obj, model_arch=arch, model=model_obj, datasets=dataset_objs, yaml=yaml,
+                          cfg_path=cfg_path, layers=all_layers)
+
+
+def with_source(check: Callable[..., Any], source_of: Callable[[str], str]) -> Callable[..., Any]:
+    """`check` with each ConfigError that names its key (`ConfigError.key`) prefixed by that key's source."""
+
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return check(*args, **kwargs)
+        except ConfigError as e:
+            if e.key is None:
+                raise
+            raise ConfigError(f"{source_of(e.key)}: {e}", key=e.key, original=e.original) from None
+
+    return checked
+
+
+def _check_dataset_modalities(datasets: dict[str, Any], modalities: Any, removed: dict[str, str],
+                              source_of: Callable[[str], str], defaults_hint: str) -> None:
+    for name, ds in datasets.items():
+        if ds.modality in modalities:
+            continue
+        key = f"datasets.{name}.modality"
+        if ds.modality in removed:
+            raise ConfigError(
+                f"{source_of(key)}: {key} is '{ds.modality}', a modality removed by {removed[ds.modality]} "
+                f"(model.modalities.{ds.modality}: null). Remove the dataset as well (datasets.{name}: null) or "
+                f"point it at one of: {', '.join(modalities)}", key=key)
+        raise ConfigError(f"{source_of(key)}: {key} '{ds.modality}' is not a key of model.modalities "
+                          f"({', '.join(modalities)}){defaults_hint}", key=key)
 
 
 def _resolve_region_kind(name: str, ds: Any, modalities: Any, source: str) -> None:
@@ -347,9 +494,16 @@ def _resolve_region_kind(name: str, ds: Any, modalities: Any, source: str) -> No
 
 
 def check_dataset_paths(cfg: ResolvedConfig, builders: dict[str, Any], cfg_path: str) -> None:
-    problems = [f"datasets.{name}: {msg}" for name, b in builders.items() for msg in b.check_paths()]
+    """Every builder's `check_paths()`; each problem is named with the source of the key it starts with."""
+    problems = []
+    for name, builder in builders.items():
+        for message in builder.check_paths():
+            field_name = re.match(r"[A-Za-z_][\w.]*", message)
+            key = f"datasets.{name}.{field_name.group(0)}" if field_name else f"datasets.{name}"
+            problems.append(f"{cfg.source_of(key) if cfg.layers else cfg_path}: datasets.{name}: {message}")
     if problems:
-        raise ConfigError(f"{cfg_path}: dataset paths missing:\n  " + "\n  ".join(problems))
+        raise ConfigError("\n".join(problems) + "\nFix the dataset path where it is set (the YAML file, or --options "
+                          "key=value)")
 
 
 def save_config(cfg: ResolvedConfig, path: str | Path) -> None:
@@ -357,10 +511,38 @@ def save_config(cfg: ResolvedConfig, path: str | Path) -> None:
 
 
 def config_from_command_line(description: str, argv: list[str] | None = None) -> tuple[ResolvedConfig, str]:
-    """`--cfg-path X [--options key=value ...]`, as train.py and evaluate.py take them: (config, its path)."""
+    """`--cfg-path X [--options key=value ...] [--debug]`, as train.py and evaluate.py take them: (config, its
+    path). `--debug` is read by `report_config_errors`."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--cfg-path", required=True, help="run YAML with model, datasets and run sections")
-    parser.add_argument("--options", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="overrides, e.g. run.max_epoch=2 datasets.refcoco.batch_size=8")
+    parser.add_argument("--options", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="overrides, e.g. run.max_epoch=2 datasets.refcoco.batch_size=8 (repeatable: a "
+                             "launch script's own --options and yours add up)")
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
     return load_config(args.cfg_path, args.options), args.cfg_path
+
+
+DEBUG_ENV = "LAVIS_DEBUG"
+
+
+def add_debug_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show the traceback of a configuration error (or set {DEBUG_ENV}=1)")
+
+
+def report_config_errors(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> Any:
+    """Run a command-line `main(argv)`; a ConfigError is printed as one message on stderr (rank 0 only under
+    torchrun: every rank meets the same error) and every rank exits with status 2. With `--debug` or LAVIS_DEBUG=1
+    the traceback is printed too (of the original error as well, for a failing run.imports module)."""
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        return main(argv)
+    except ConfigError as e:
+        if os.environ.get("RANK", "0") == "0":
+            if "--debug" in args or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+                for error in (e.original, e):
+                    if error is not None:
+                        traceback.print_exception(error, file=sys.stderr)
+            print(f"config error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -5,7 +5,9 @@ Every error names the source (a file, `--options`, or a YAML block), the full ke
 
 from __future__ import annotations
 
+import copy
 import difflib
+from dataclasses import is_dataclass
 from typing import Any, Iterable, TypeVar
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -15,7 +17,13 @@ T = TypeVar("T")
 
 
 class ConfigError(ValueError):
-    pass
+    """A mistake in the configuration. `key`: the dotted key it concerns, when one does (callers that know where
+    each key was set prefix the message with that source); `original`: the exception behind it, if any."""
+
+    def __init__(self, message: str, key: str | None = None, original: BaseException | None = None):
+        super().__init__(message)
+        self.key = key
+        self.original = original
 
 
 def _valid_keys(node: Any, full_key: str) -> list[str]:
@@ -66,8 +74,41 @@ def _check_shapes(node: DictConfig, data: dict, source: str, key: str) -> None:
             raise ConfigError(f"{source}: bad value for '{full}': expected a list, got {describe(value)}")
 
 
+def _is_section_map(node: Any) -> bool:
+    """A `Dict[str, <dataclass>]` field (e.g. model.modalities): user-named sections, where `name: null` removes one."""
+    if not isinstance(node, DictConfig) or node._metadata.object_type not in (None, dict):
+        return False
+    element = node._metadata.element_type
+    return isinstance(element, type) and is_dataclass(element)
+
+
+def _remove_nulled(node: DictConfig, data: dict, source: str, key: str) -> None:
+    """Delete from `node` each entry of a section map that `data` sets to null (and drop it from `data`); a null
+    entry naming no existing section is an error (a typo would otherwise remove nothing, silently)."""
+    for name, value in list(data.items()):
+        if name not in node or not isinstance(node._get_node(name), DictConfig):
+            continue
+        child = node._get_node(name)
+        full = f"{key}.{name}" if key else str(name)
+        if child._is_none() or child._is_missing() or not isinstance(value, dict):
+            continue
+        if _is_section_map(child):
+            for entry, entry_value in list(value.items()):
+                if entry_value is not None:
+                    continue
+                if entry not in child:
+                    raise ConfigError(f"{source}: '{full}.{entry}: null' removes nothing: '{full}' has no entry "
+                                      f"'{entry}' (it has: {', '.join(map(str, child.keys())) or 'none'})",
+                                      key=f"{full}.{entry}")
+                del child[entry]
+                del value[entry]
+        _remove_nulled(child, value, source, full)
+
+
 def merge_checked(schema: DictConfig, sources: Iterable[tuple[str, Any]], prefix: str = "") -> DictConfig:
-    """Merge each (source name, mapping) over the structured `schema`, in order, failing on the first bad key."""
+    """Merge each (source name, mapping) over the structured `schema`, in order, failing on the first bad key.
+    In a map of named sections (`Dict[str, <dataclass>]`, e.g. model.modalities) `name: null` removes the entry
+    the sources before it made."""
     merged = schema
     for source, data in sources:
         if data is None:
@@ -76,9 +117,11 @@ def merge_checked(schema: DictConfig, sources: Iterable[tuple[str, Any]], prefix
         if not isinstance(plain, dict):
             where = f"bad value for '{prefix}': " if prefix else ""
             raise ConfigError(f"{source}: {where}expected a mapping, got {describe(plain)}")
+        plain = copy.deepcopy(plain)  # the removals below must not change the caller's mapping
+        _remove_nulled(merged, plain, source, prefix)
         _check_shapes(merged, plain, source, prefix)
         try:
-            merged = OmegaConf.merge(merged, data)
+            merged = OmegaConf.merge(merged, plain)
         except OmegaConfBaseException as e:
             raise explain(e, merged, source, prefix) from None
     return merged

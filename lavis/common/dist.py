@@ -69,7 +69,12 @@ def _store_for_this_attempt(rank: int, world: int, timeout: datetime.timedelta) 
         os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
         is_master=rank == 0 and not agent_hosts_store, timeout=timeout,
     )
-    return dist.PrefixStore(f"lavis/attempt{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/", store)
+    return dist.PrefixStore(attempt_prefix(), store)
+
+
+def attempt_prefix() -> str:
+    """The key prefix of this restart attempt in the rendezvous store."""
+    return f"lavis/attempt{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/"
 
 
 _HOST_GROUP = None  # a gloo group for host (CPU) tensors in a distributed run; None in a single process
@@ -111,6 +116,9 @@ def barrier() -> None:
 
 
 def shutdown() -> None:
+    from lavis.common.watchdog import stop_watchdog  # here: the watchdog module imports this one
+
+    stop_watchdog()
     global _HOST_GROUP
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

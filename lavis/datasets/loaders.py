@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
+from lavis.common.preemption import ignore_stop_signals
 from lavis.datasets.base import BadSampleError, SkippedSample
 
 log = logging.getLogger(__name__)
@@ -227,6 +228,7 @@ def build_streaming_train_stream(
         batch_size=None,
         num_workers=num_workers,
         collate_fn=_items,
+        worker_init_fn=ignore_stop_signals,
         # item-level prefetch: keep about two batches in flight over all workers, as batch-level loaders do
         prefetch_factor=max(2, -(-2 * batch_size // num_workers)) if num_workers else None,
         # Not persistent: a worker holds the copy of the dataset made when it started, so `set_epoch` on the main
@@ -265,6 +267,7 @@ def build_train_stream(
         sampler=sampler,
         num_workers=num_workers,
         collate_fn=Collator(modality, text_tokenizer),
+        worker_init_fn=ignore_stop_signals,  # the main process stops on SIGTERM / Ctrl-C after a checkpoint
         pin_memory=pin_memory,
         # Workers survive epochs: the sampler runs in the main process (each new iterator re-reads its epoch and
         # offset), and augmentation is seeded per sample, so a worker's own RNG state never matters.

@@ -18,42 +18,162 @@ A scored metrics file also says how much of the ground truth it covers: `gt_item
 `missing_ids` (at most 20) and `incomplete` (captioning: the images of `eval_gt_file`; a `finish_eval` task: the
 samples of the split, whose annotations or labels it scores). Incomplete results are listed again at the end of the
 run: their numbers are not comparable with full-set ones.
+
+Every metrics file, and `eval_provenance.json` for the folder (the captions / predictions files are lists in fixed
+formats), records a `provenance`: the checkpoint (path, training step, SHA-256; null fields without
+`run.load_ckpt_path`) and the SHA-256 of the resolved model config. Results in `run.output_dir` of another checkpoint
+or config (or of unknown provenance) are moved to `superseded/<UTC time>_<their step>/` before the model is built;
+those of the same checkpoint and config are overwritten in place.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
+import os
+import time
 from collections import Counter
-from typing import Any
+from pathlib import Path
+from typing import Any, Optional
 
-from tqdm import tqdm
+from omegaconf import OmegaConf
 
 from lavis.common import dist as dist_utils
 from lavis.common.caption_metrics import coverage, format_table, incomplete_note
+from lavis.common.checkpoint import checkpoint_digest, load_checkpoint
 from lavis.common.config import ResolvedConfig
+from lavis.common.gallery import GALLERY_DIR
+from lavis.common.metric_log import progress, setup_logging
 from lavis.common.registry import TASKS
 from lavis.datasets.loaders import build_eval_loader, move_to
 from lavis.runners.runner import BadDataError
-from lavis.runners.setup import autocast, autocast_dtype, set_up_run
+from lavis.runners.setup import autocast, autocast_dtype, hold_output_dir, resolve_load_path, set_up_run
 
 log = logging.getLogger("lavis.evaluator")
+
+EVAL_CONFIG_NAME = "eval_config.yaml"
+PROVENANCE_FILE = "eval_provenance.json"
+SUPERSEDED_DIR = "superseded"
+# the files an evaluation writes per `{dataset}_{split}` stem: the evaluator's and the tasks' (finish_eval)
+RESULT_SUFFIXES = ("_metrics.json", "_captions.json", "_bad_samples.jsonl", "_vqa_results.json", "_predictions.json")
+
+
+def eval_provenance(cfg: ResolvedConfig) -> dict[str, Any]:
+    """What this run's results score: the checkpoint (path, training step, SHA-256; null fields for a model without
+    one) and the SHA-256 of the resolved model config as canonical JSON."""
+    checkpoint: dict[str, Any] = {"path": None, "step": None, "sha256": None}
+    if cfg.run.load_ckpt_path:
+        path = resolve_load_path(cfg.run.load_ckpt_path)
+        position = load_checkpoint(path).get("position") or {}  # a converted release checkpoint has none
+        checkpoint = {"path": str(path.resolve()), "step": position.get("global_step"),
+                      "sha256": checkpoint_digest(path)}
+    model = json.dumps(OmegaConf.to_container(cfg.yaml.model, resolve=True), sort_keys=True)
+    return {"checkpoint": checkpoint, "config_sha256": hashlib.sha256(model.encode()).hexdigest()}
+
+
+def same_source(a: Optional[dict], b: Optional[dict]) -> bool:
+    """One checkpoint (by content, wherever the file lies now) and one model config."""
+    return (isinstance(a, dict) and isinstance(b, dict) and a.get("config_sha256") == b.get("config_sha256")
+            and (a.get("checkpoint") or {}).get("sha256") == (b.get("checkpoint") or {}).get("sha256"))
+
+
+def describe_provenance(provenance: Optional[dict]) -> str:
+    if not isinstance(provenance, dict):
+        return "no provenance recorded"
+    ckpt = provenance.get("checkpoint") or {}
+    where = "untrained (no checkpoint)" if ckpt.get("sha256") is None else \
+        f"checkpoint {ckpt.get('path')} (step {ckpt.get('step')}, sha256 {ckpt['sha256'][:12]})"
+    return f"{where}, model config sha256 {str(provenance.get('config_sha256'))[:12]}"
+
+
+def _recorded_provenance(path: Path) -> Optional[dict]:
+    try:
+        return json.loads(path.read_text()).get("provenance")
+    except (OSError, ValueError, AttributeError):  # unreadable or damaged: its provenance is unknown
+        return None
+
+
+def set_aside_superseded(output_dir: Path, provenance: dict) -> Optional[str]:
+    """Moves the results of another checkpoint or config (or of unknown provenance) out of `output_dir` into
+    `superseded/<UTC time>_<their step | 'untrained'>/`; returns the warning saying what moved and why, else None.
+
+    Moved aside, not refused: evaluating a new checkpoint into the same folder is the normal workflow, and nothing is
+    lost. Results of the same checkpoint and config stay, to be overwritten in place."""
+    results = sorted(p for p in output_dir.iterdir() if p.is_file() and p.name.endswith(RESULT_SUFFIXES))
+    manifest = output_dir / PROVENANCE_FILE
+    recorded_in = ([manifest] if manifest.is_file() else []) + [p for p in results if p.name.endswith("_metrics.json")]
+    recorded = [_recorded_provenance(p) for p in recorded_in]
+    if not results and not recorded or recorded and all(same_source(p, provenance) for p in recorded):
+        return None
+    old = recorded[0] if recorded and all(same_source(p, recorded[0]) for p in recorded) else None
+    if old is None:
+        label, why = "unknown", "results without a recorded provenance, or of several checkpoints or configs"
+    else:
+        ckpt = old.get("checkpoint") or {}
+        step = "unknown" if ckpt.get("step") is None else ckpt["step"]
+        label = "untrained" if ckpt.get("sha256") is None else f"step{step}"
+        why = f"results of {describe_provenance(old)}"
+    moving = results + [p for p in (output_dir / EVAL_CONFIG_NAME, manifest) if p.is_file()]
+    moving += [p for p in (output_dir / GALLERY_DIR,) if p.is_dir()]  # its pages show the old captions
+    base = output_dir / SUPERSEDED_DIR / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}_{label}"
+    aside, n = base, 1
+    while aside.exists():  # two reruns within one second
+        aside, n = base.with_name(f"{base.name}-{n}"), n + 1
+    aside.mkdir(parents=True)
+    for path in moving:
+        os.replace(path, aside / path.name)
+    return (f"run.output_dir {output_dir} held {why}; this run scores {describe_provenance(provenance)}. Moved "
+            f"{len(moving)} files ({', '.join(p.name for p in moving)}) to {aside}, so that the folder holds only "
+            "this run's results")
 
 
 class Evaluator:
     def __init__(self, cfg: ResolvedConfig, cfg_path: str = "<config>"):
-        self.cfg = cfg
         self.task = TASKS.get(cfg.run.task)()
         if not hasattr(self.task, "eval_step"):
             raise ValueError(f"run.task '{cfg.run.task}' has no evaluation; use a task such as 'captioning'")
         eval_sets = [name for name, ds in cfg.datasets.items() if ds.eval_split]
         if not eval_sets:
             raise ValueError(f"{cfg_path}: no dataset sets eval_split; nothing to evaluate")
-        setup = set_up_run(cfg, cfg_path, config_name="eval_config.yaml")
+        self.cfg, self.provenance = self._claim_output_dir(cfg)
+        setup = set_up_run(self.cfg, cfg_path, config_name=EVAL_CONFIG_NAME)
         self.dist, self.output_dir = setup.dist, setup.output_dir
         self.builders, self.model = setup.builders, setup.model
         self.amp_dtype = autocast_dtype(self.dist.device, cfg.run.amp.value)
         self.eval_sets = eval_sets
+
+    @staticmethod
+    def _claim_output_dir(cfg: ResolvedConfig) -> tuple[ResolvedConfig, Optional[dict]]:
+        """Before any weight is read: hold run.output_dir (its run lock, so no running evaluation's files move),
+        record what this run scores and set aside the results of another checkpoint or config. Rank 0 does the
+        work; every rank raises its error, if any. Returns the config with run.load_ckpt_path resolved to the file
+        whose digest was taken (a run directory could gain a newer checkpoint before the model loads it) and the
+        provenance (rank 0; None elsewhere)."""
+        info = dist_utils.init_distributed(cfg.run.device.value, cfg.run.dist_timeout_s)
+        output_dir = Path(cfg.run.output_dir)
+        if info.is_main:
+            output_dir.mkdir(parents=True, exist_ok=True)
+        hold_output_dir(output_dir, info)
+        setup_logging(info, output_dir, "eval")
+        provenance, error = None, None
+        if info.is_main:
+            try:
+                provenance = eval_provenance(cfg)
+                warning = set_aside_superseded(output_dir, provenance)
+                if warning:
+                    log.warning("%s", warning)
+                (output_dir / PROVENANCE_FILE).write_text(json.dumps({"provenance": provenance}, indent=1))
+            except Exception as e:  # noqa: BLE001 - re-raised on every rank below
+                error = e
+        error, path = dist_utils.all_gather_objects(
+            (error, provenance and provenance["checkpoint"]["path"]) if info.is_main else None)[0]
+        if error is not None:
+            raise error
+        if path is not None:
+            cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, load_ckpt_path=path))
+        return cfg, provenance
 
     def evaluate(self) -> dict[str, dict[str, Any]]:
         self.model.eval()
@@ -78,7 +198,7 @@ class Evaluator:
         if hasattr(self.task, "begin_eval"):
             self.task.begin_eval(self.model, dataset, ds_cfg)
         results, skipped = [], []
-        for batch in tqdm(loader, desc=f"eval {name}", disable=not self.dist.is_main, dynamic_ncols=True):
+        for batch in progress(loader, desc=f"eval {name}", enabled=self.dist.is_main):
             skipped += [(s.sample_id, s.reason) for s in batch["skipped"]]
             if batch["sample_ids"]:
                 with autocast(self.amp_dtype):
@@ -103,6 +223,8 @@ class Evaluator:
                     for sample_id, reason in sorted(skipped):
                         f.write(json.dumps({"dataset": name, "split": ds_cfg.eval_split, "sample_id": sample_id,
                                             "reason": reason}) + "\n")
+            else:  # an earlier run's list (same checkpoint and config) would describe samples that are fine now
+                bad_file.unlink(missing_ok=True)
             if "bad_data" in report:
                 log.error("eval %s", report["bad_data"])
             elif hasattr(self.task, "finish_eval"):
@@ -112,6 +234,7 @@ class Evaluator:
             else:
                 report.update(self._finish_captions(name, ds_cfg, results, stem))
             if "bad_data" not in report:
+                report["provenance"] = self.provenance
                 stem.with_name(stem.name + "_metrics.json").write_text(json.dumps(report, indent=1))
         dist_utils.barrier()
         return report
@@ -127,6 +250,13 @@ class Evaluator:
             log.warning("datasets.%s.eval_gt_file is not set: captions written, no metrics computed", name)
             return {}
         scored = self.task.score(results, ds_cfg.eval_gt_file, self.cfg.run.caption_metrics)
+        from lavis.common.gallery import write_gallery  # imported here: its drawing is for evaluation only
+
+        try:
+            write_gallery(self.cfg.run, self.output_dir, name, ds_cfg,
+                          lambda: self.builders[name].build(ds_cfg.eval_split), scored, results)
+        except Exception as e:  # noqa: BLE001 - a picture must not cost the dataset its scores
+            log.warning("gallery of %s not written (%s: %s); its metrics are unaffected", name, type(e).__name__, e)
         log.info("%s (%s, %d samples):\n%s", name, ds_cfg.eval_split, len(results), format_table(scored))
         for message in scored.missing:
             log.warning("%s", message)

@@ -19,7 +19,6 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
-from tqdm import tqdm
 
 from lavis.common import dist as dist_utils
 from lavis.common.checkpoint import (
@@ -31,8 +30,9 @@ from lavis.common.checkpoint import (
     save_atomic,
 )
 from lavis.common.config import ResolvedConfig
-from lavis.common.metric_log import MetricSink, MetricWindow, peak_memory_mb
+from lavis.common.metric_log import MetricSink, MetricWindow, Progress, peak_memory_mb, progress
 from lavis.common.optim import build_optimizer, set_lr
+from lavis.common.preemption import Preempted, StopSignals
 from lavis.common.registry import LR_SCHEDULES, RUNNERS, TASKS
 from lavis.datasets.base import indexing_skips
 from lavis.datasets.loaders import (
@@ -88,13 +88,10 @@ def sync_gradients(params: list[torch.nn.Parameter], world_size: int) -> None:
 
 
 def config_differences(old: Any, new: Any, prefix: str) -> list[str]:
-    """Dotted keys whose values differ between two plain config trees, as 'key: old -> new'."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        out = []
-        for key in sorted(set(old) | set(new), key=str):
-            out += config_differences(old.get(key, "<absent>"), new.get(key, "<absent>"), f"{prefix}.{key}")
-        return out
-    return [] if old == new else [f"{prefix}: {old!r} -> {new!r}"]
+    """Dotted keys whose values differ between two plain config trees (lavis/common/checkpoint_compat.py)."""
+    from lavis.common import checkpoint_compat
+
+    return checkpoint_compat.config_differences(old, new, prefix)
 
 
 @RUNNERS.register("epoch_runner")
@@ -111,6 +108,7 @@ class EpochRunner:
         # Annotations dropped while indexing: counted on rank 0 only (every rank indexes the same files), reported
         # once per run (not again on resume), and held to run.max_bad_sample_fraction before the first step.
         self.index_skipped, self.index_kept = 0, 0
+        self.dataset_sizes: dict[str, int] = {}
         self.streams = self._build_streams(builders, report_skips=setup.resume_from is None)
         self._check_indexing_skips()
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
@@ -123,6 +121,9 @@ class EpochRunner:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)  # fp16 needs loss scaling
 
         self.epoch, self.position, self.global_step = 0, 0, 0
+        # The LR schedule runs over global_step - schedule_offset: 0 unless a resume re-planned the data (_replan)
+        self.schedule_offset = 0
+        self.stop_signals = StopSignals()
         self.bad_samples, self.seen_samples = 0, 0
         self.nonfinite_steps = 0
         self.skips = SkipLedger(self.device)
@@ -143,6 +144,7 @@ class EpochRunner:
                 continue
             dataset = builder.build(ds_cfg.train_split)
             self._account_indexing_skips(name, dataset, report_skips)
+            self.dataset_sizes[name] = len(dataset)
             streams.append(build_train_stream(
                 name, dataset, modality=ds_cfg.modality, batch_size=ds_cfg.batch_size, repeat=ds_cfg.repeat,
                 rank=self.dist.rank, world_size=self.dist.world_size, seed=self.run.seed,
@@ -169,6 +171,21 @@ class EpochRunner:
         batches = sum(s.batches_per_epoch for s in self.streams)
         return -(-batches // self.run.accum_grad_iters)
 
+    def _data_plan(self) -> dict[str, Any]:
+        """What the epoch plan and the position in it depend on; saved with every checkpoint (see _replan)."""
+        return {
+            "world_size": self.dist.world_size,
+            "accum_grad_iters": self.run.accum_grad_iters,
+            "modality_schedule": self.run.modality_schedule.value,
+            "epoch_batches": sum(s.batches_per_epoch for s in self.streams),
+            "datasets": {s.name: {"samples": self.dataset_sizes[s.name], "batch_size": s.batch_size,
+                                  "repeat": self.cfg.datasets[s.name].repeat,
+                                  "batches_per_epoch": s.batches_per_epoch} for s in self.streams},
+        }
+
+    def _lr(self) -> float:
+        return self.lr_at(self.global_step - self.schedule_offset, self.total_steps, self.run.lr_schedule)
+
     # ---- checkpoints -----------------------------------------------------------------------------------------
     def _resume(self, path: Path) -> None:
         """Continue from `path` (chosen by set_up_run: run.resume_ckpt_path, `auto`, or an elastic restart)."""
@@ -185,6 +202,10 @@ class EpochRunner:
         self.epoch, self.position, self.global_step = pos["epoch"], pos["position"], pos["global_step"]
         self.bad_samples, self.seen_samples = pos.get("bad_samples", 0), pos.get("seen_samples", 0)
         self.nonfinite_steps = pos.get("nonfinite_steps", 0)
+        self.schedule_offset = pos.get("schedule_offset", 0)
+        saved_plan = pos.get("data_plan")
+        if saved_plan is not None and saved_plan != self._data_plan():
+            self._replan(saved_plan, path)
         rng = state["rng"]
         if len(rng) == self.dist.world_size:
             restore_rng_state(rng[self.dist.rank])
@@ -193,17 +214,44 @@ class EpochRunner:
                         len(rng), self.dist.world_size)
         log.info("resumed from %s at epoch %d, batch %d, step %d", path, self.epoch, self.position, self.global_step)
 
+    def _replan(self, saved: dict[str, Any], path: Path) -> None:
+        """The checkpoint was written under another data plan (a dataset's length, batch size or repeat, the world
+        size, accum_grad_iters or the schedule changed), so its position indexes a different epoch plan.
+
+        The rule: the epoch continues at the same fraction of its batches (rounded down to an optimizer step), and
+        the LR schedule continues from the step that position has in the new plan, as if the run had always had
+        the new shape. global_step keeps counting (checkpoint names stay increasing); the schedule runs over
+        global_step - schedule_offset. Where a dataset's length or the world size changed, its shuffle differs, so
+        within this epoch some samples may come again and others not at all; later epochs see each sample once."""
+        current = self._data_plan()
+        changes = config_differences(saved, current, "data")
+        new_batches, accum = current["epoch_batches"], self.run.accum_grad_iters
+        old_position = self.position
+        if old_position >= saved["epoch_batches"]:
+            self.position = new_batches
+        else:
+            self.position = min(int(old_position / saved["epoch_batches"] * new_batches) // accum * accum,
+                                new_batches)
+        schedule_step = self.epoch * self.steps_per_epoch + -(-self.position // accum)
+        self.schedule_offset = self.global_step - schedule_step
+        reshuffled = [n for n, d in current["datasets"].items()
+                      if saved["datasets"].get(n, {}).get("samples") != d["samples"]]
+        if saved["world_size"] != current["world_size"]:
+            reshuffled = sorted(current["datasets"])
+        log.warning(
+            "%s was written under another data plan (%s). Epoch %d continues at the same fraction of its batches: "
+            "batch %d of %d (was %d of %d); the LR schedule continues at step %d of %d (global step %d).%s",
+            path, "; ".join(changes), self.epoch, self.position, new_batches, old_position, saved["epoch_batches"],
+            schedule_step, self.total_steps, self.global_step,
+            f" The shuffle of {', '.join(reshuffled)} changed with its length or the world size: within epoch "
+            f"{self.epoch} some samples may repeat and others be missed." if reshuffled else "")
+
     def _check_same_model_config(self, saved: dict[str, Any], path: Path) -> None:
-        changes = config_differences(saved, OmegaConf.to_container(self.cfg.yaml.model), "model")
-        if not changes:
-            return
-        listing = "; ".join(changes[:12]) + ("; ..." if len(changes) > 12 else "")
-        if not self.run.allow_config_change:
-            raise ValueError(
-                f"{path} was written with a different model config: {listing}. Resuming would mix two models; "
-                "restore the config, or pass --options run.allow_config_change=true to resume anyway"
-            )
-        log.warning("resuming %s although the model config changed (run.allow_config_change): %s", path, listing)
+        """set_up_run's preflight compared the whole checkpoint config (weights included) and warned of allowed
+        changes already; this guards the settings again, quietly, for the tensors actually loaded."""
+        from lavis.common import checkpoint_compat
+
+        checkpoint_compat.check_settings(saved, self.cfg, path, checkpoint_compat.Purpose.resume, warn=False)
 
     def save_checkpoint(self) -> Path:
         self._read_skipped_steps()  # the count in the checkpoint includes every step taken so far
@@ -218,7 +266,8 @@ class EpochRunner:
                 "rng": rng,
                 "position": {"epoch": self.epoch, "position": self.position, "global_step": self.global_step,
                              "bad_samples": self.bad_samples, "seen_samples": self.seen_samples,
-                             "nonfinite_steps": self.nonfinite_steps},
+                             "nonfinite_steps": self.nonfinite_steps, "schedule_offset": self.schedule_offset,
+                             "data_plan": self._data_plan()},
                 "config": OmegaConf.to_container(self.cfg.yaml),
             }
             save_atomic(state, path)
@@ -232,7 +281,8 @@ class EpochRunner:
         """Train to the end of `run.max_epoch`, or stop once the global step reaches `stop_at_step` (the schedule
         still spans the whole run, as if the job had been cut off there; checkpoints follow run.ckpt_every_steps)."""
         try:
-            return self._train(stop_at_step)
+            with self.stop_signals:
+                return self._train(stop_at_step)
         except Exception as e:
             if self.dist.enabled and is_peer_failure(e):
                 log.error("rank %d: a collective failed, most likely because another rank failed first (its error "
@@ -261,8 +311,7 @@ class EpochRunner:
         accum = self.run.accum_grad_iters
         window = MetricWindow(self.device)
         metrics: dict[str, float] = {}
-        bar = tqdm(total=len(plan), initial=self.position, desc=f"epoch {epoch}", disable=not self.dist.is_main,
-                   dynamic_ncols=True)
+        bar = progress(len(plan), desc=f"epoch {epoch}", enabled=self.dist.is_main, initial=self.position)
         step_sample_ids: list[str] = []
         step_loss = torch.zeros((), device=self.device)  # summed on the device; read once per optimizer step
         for position in range(self.position, len(plan)):
@@ -280,15 +329,31 @@ class EpochRunner:
             self.position = position + 1
             if self.global_step % self.run.log_every_steps == 0:
                 metrics = self._flush(window, lr, epoch, bar)
-            if self.run.ckpt_every_steps and self.global_step % self.run.ckpt_every_steps == 0:
+            saved = self.run.ckpt_every_steps and self.global_step % self.run.ckpt_every_steps == 0
+            if saved:
                 self.save_checkpoint()
+            if (signal_name := self.stop_signals.agreed()) is not None:
+                self._stop_for_signal(signal_name, window, lr, epoch, bar, saved)
             if stop_at_step is not None and self.global_step >= stop_at_step:
                 break
         if window.samples or window.sums:
-            metrics = self._flush(window, self.lr_at(self.global_step, self.total_steps, self.run.lr_schedule),
-                                  epoch, bar)
+            metrics = self._flush(window, self._lr(), epoch, bar)
         bar.close()
         return metrics
+
+    def _stop_for_signal(self, signal_name: str, window: MetricWindow, lr: float, epoch: int, bar: Progress,
+                         saved: bool) -> None:
+        """A stop signal reached a rank (preemption.py): log the steps since the last log point, checkpoint this
+        step boundary (unless it was just written) and end the run with Preempted."""
+        if window.samples or window.sums:
+            self._flush(window, lr, epoch, bar)
+        path = checkpoint_path(self.output_dir, self.global_step) if saved else self.save_checkpoint()
+        bar.close()
+        if self.sink is not None:
+            self.sink.close()
+        stop = Preempted(signal_name, path, self.global_step)
+        log.warning("%s", stop)
+        raise stop
 
     def _forward_backward(self, batch: dict[str, Any], window: MetricWindow) -> torch.Tensor:
         """One batch's forward and backward (gradients accumulate); returns its loss, detached, on the device."""
@@ -301,7 +366,7 @@ class EpochRunner:
     def _optimizer_step(self, step_loss: torch.Tensor, sample_ids: list[str]) -> float:
         """Average, clip and apply the accumulated gradients, unless the loss or a gradient is non-finite on any
         rank: that step is skipped on the device (see skipped_steps.py) and reported at the next log point."""
-        lr = self.lr_at(self.global_step, self.total_steps, self.run.lr_schedule)
+        lr = self._lr()
         set_lr(self.optimizer, lr)
         sync_gradients(self.trainable, self.dist.world_size)
         self.scaler.unscale_(self.optimizer)
@@ -353,7 +418,7 @@ class EpochRunner:
                 "run.amp=fp32, then resume with run.resume_ckpt_path=auto"
             )
 
-    def _flush(self, window: MetricWindow, lr: float, epoch: int, bar: tqdm) -> dict[str, float]:
+    def _flush(self, window: MetricWindow, lr: float, epoch: int, bar: Progress) -> dict[str, float]:
         self._read_skipped_steps()
         metrics = window.flush()
         metrics["lr"] = lr

@@ -13,12 +13,19 @@ import torch
 from omegaconf import OmegaConf
 
 from lavis.common import dist as dist_utils
-from lavis.common.checkpoint import latest_checkpoint, load_checkpoint, remove_stale_temporaries
+from lavis.common.checkpoint import (
+    latest_checkpoint,
+    latest_intact_checkpoint,
+    remove_stale_temporaries,
+)
 from lavis.common.compile import apply_run_compile
-from lavis.common.config import ResolvedConfig, RunConfig, check_dataset_paths, save_config
+from lavis.common.config import ResolvedConfig, RunConfig, save_config, with_source
 from lavis.common.config_schema import ConfigError
 from lavis.common.metric_log import setup_logging
+from lavis.common.preflight import preflight
 from lavis.common.registry import MODELS
+from lavis.common.run_lock import acquire_run_lock
+from lavis.common.watchdog import start_watchdog
 from lavis.models.base import BaseModel
 
 log = logging.getLogger("lavis.setup")
@@ -85,10 +92,34 @@ def choose_resume_checkpoint(run: RunConfig, output_dir: Path, info: dist_utils.
         for path in remove_stale_temporaries(output_dir):
             log.warning("removed %s, left by a checkpoint write that was killed", path)
     if target != "auto":
+        if target and not Path(target).is_file():
+            raise ConfigError(f"run.resume_ckpt_path = {target} is not a checkpoint file; name one, or set "
+                              "run.resume_ckpt_path=auto to continue from the latest in run.output_dir",
+                              key="run.resume_ckpt_path")
         return Path(target) if target else None
-    if latest is None:
+    # auto: the newest checkpoint that verifies; damaged newer ones are moved aside (rank 0 checks, all follow)
+    intact = dist_utils.all_gather_objects(latest_intact_checkpoint(output_dir) if info.is_main else None)[0]
+    if intact is None and latest is not None:
+        raise ConfigError(f"run.resume_ckpt_path=auto: every checkpoint in {output_dir} is damaged (moved to "
+                          "*.pth.damaged); resume from another copy, or start a fresh run in another run.output_dir")
+    if intact is None:
         log.info("resume_ckpt_path=auto: no checkpoint in %s yet, starting fresh", output_dir)
-    return latest
+    return intact
+
+
+def hold_output_dir(output_dir: Path, info: dist_utils.DistInfo) -> str | None:
+    """Rank 0 takes the folder's run lock (run_lock.py) before anything is written there; every rank gets rank 0's
+    verdict, so a refused run stops on all ranks with the same message. Returns the lock's take-over note."""
+    refusal = note = None
+    if info.is_main:
+        try:
+            note = acquire_run_lock(output_dir)
+        except ConfigError as e:
+            refusal = str(e)
+    refusal = dist_utils.all_gather_objects(refusal)[0]
+    if refusal is not None:
+        raise ConfigError(refusal)
+    return note
 
 
 def set_up_run(
@@ -97,26 +128,27 @@ def set_up_run(
     run = cfg.run
     info = dist_utils.init_distributed(run.device.value, run.dist_timeout_s)
     output_dir = Path(run.output_dir)
+    start_watchdog(info, run.hang_timeout_s)
     if info.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
-    dist_utils.barrier()
-    setup_logging(info.rank, output_dir)
-    resume_from = choose_resume_checkpoint(run, output_dir, info) if training else None
+    lock_note = hold_output_dir(output_dir, info)
+    setup_logging(info, output_dir, "train" if training else "eval")
+    if lock_note:
+        log.warning("%s", lock_note)
+    # an error naming its key is prefixed with the key's source (the YAML file, or --options key=value)
+    resume_from = with_source(choose_resume_checkpoint, cfg.source_of)(run, output_dir, info) if training else None
+    checked = preflight(cfg, training, resume_from)  # data, datasets vs modalities, checkpoints: before any weight
+    builders = checked.builders
     if info.is_main:
         log.info("resolved config:\n%s", OmegaConf.to_yaml(cfg.yaml))
         save_config(cfg, output_dir / config_name)
 
-    # Data paths are checked before any weight is read.
-    builders = {name: cfg.builder_of(name)(ds) for name, ds in cfg.datasets.items()}
-    check_dataset_paths(cfg, builders, cfg_path)
-
     # The same seed on every rank while building, so every rank starts from identical trainable tensors.
     torch.manual_seed(run.seed)
     model = MODELS.get(cfg.model_arch).from_config(cfg.model)
-    if run.load_ckpt_path:
-        ckpt_path = resolve_load_path(run.load_ckpt_path)
-        model.load_trainable_state_dict(load_checkpoint(ckpt_path)["model"])
-        log.info("loaded trainable tensors from %s", ckpt_path)
+    if checked.load_state is not None:
+        model.load_trainable_state_dict(checked.load_state["model"])
+        log.info("loaded trainable tensors from %s", checked.load_path)
     log_parameters(model)
     from lavis.runners.features import attach_feature_caches  # imported here: it uses this module's autocast
 
