@@ -7,11 +7,10 @@ from torch.distributed.elastic.multiprocessing.errors import record
 
 import lavis  # noqa: F401  (registers the built-in models, datasets, tasks and runners)
 from lavis.common import dist as dist_utils
-from lavis.common.config import config_from_command_line
+from lavis.common.config import config_from_command_line, report_config_errors
 from lavis.common.registry import RUNNERS
 
 
-@record  # under torchrun, a failing rank's traceback heads the job's error report
 def main(argv: list[str] | None = None) -> None:
     cfg, cfg_path = config_from_command_line(__doc__, argv)
     try:
@@ -20,5 +19,11 @@ def main(argv: list[str] | None = None) -> None:
         dist_utils.shutdown()
 
 
+@record  # under torchrun, a failing rank's traceback heads the job's error report
+def cli(argv: list[str] | None = None) -> None:
+    """`main` from the command line: a config error is one message and exit status 2 (--debug: the traceback)."""
+    report_config_errors(main, argv)
+
+
 if __name__ == "__main__":
-    main()
+    cli()

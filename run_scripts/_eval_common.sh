@@ -6,8 +6,10 @@
 # Without WEIGHTS, give the five model paths with --options (then a run covers one LLM: set LLMS).
 # OUT (default output/eval) receives one folder per config; a config whose metrics file exists is skipped unless
 # FORCE=1. NPROC processes per run (default: the GPU count, 1 on a CPU); PYTHON is the environment's interpreter.
+# Relative paths (WEIGHTS, OUT, --options values and the data paths inside the configs) are taken from where you
+# stand, as with `python evaluate.py`; the configs, evaluate.py and the tools are found beside this script.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 EXTRA=()
 if [ $# -gt 0 ]; then
   if [ "$1" != "--options" ]; then echo "usage: $0 [--options key=value ...]" >&2; exit 2; fi
@@ -45,13 +47,19 @@ metrics_name() {  # $1: cell -> the metrics file evaluate.py writes for that cel
 
 run_eval() {  # $1: config stem under configs/eval, $2: its LLM; evaluates into $OUT/<stem>
   local stem=$1 llm=$2 weights
-  local done_file
-  done_file=$(ls "$OUT/$stem"/*_metrics.json 2>/dev/null | head -n 1 || true)
-  if [ -n "$done_file" ] && [ "$FORCE" != 1 ]; then echo "== $stem: done ($done_file); FORCE=1 redoes it"; return; fi
+  local done_file stamp options
   mapfile -t weights < <(weight_options "$llm")
+  # A folder counts as done only for the same weights and options: the stamp holds those of its last evaluation
+  stamp="$OUT/$stem/.eval_options"
+  options=$(printf '%s\n' "${weights[@]}" "${EXTRA[@]}")
+  done_file=$(ls "$OUT/$stem"/*_metrics.json 2>/dev/null | head -n 1 || true)
+  if [ -n "$done_file" ] && [ "$FORCE" != 1 ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$options" ]; then
+    echo "== $stem: done ($done_file) with these weights and options; FORCE=1 redoes it"; return
+  fi
   echo "== $stem ($NPROC processes)"
-  "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node="$NPROC" evaluate.py \
-    --cfg-path "configs/eval/$stem.yaml" --options "${weights[@]}" run.output_dir="$OUT/$stem" "${EXTRA[@]}"
+  "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node="$NPROC" "$REPO/evaluate.py" \
+    --cfg-path "$REPO/configs/eval/$stem.yaml" --options "${weights[@]}" run.output_dir="$OUT/$stem" "${EXTRA[@]}"
+  mkdir -p "$OUT/$stem" && printf '%s\n' "$options" > "$stamp"
 }
 
 link_metrics() {  # $1: group folder, $2: config stem: expose the run's metrics file in the group (for metrics_table)

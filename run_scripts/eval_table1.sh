@@ -25,8 +25,8 @@ for llm in $LLMS; do
 done
 
 echo
-[ ${#RESULTS[@]} -eq 0 ] || "$PYTHON" tools/compare_table1.py "${RESULTS[@]}" | tee "$OUT/table1/compare_table1.txt"
+[ ${#RESULTS[@]} -eq 0 ] || "$PYTHON" "$REPO/tools/compare_table1.py" "${RESULTS[@]}" | tee "$OUT/table1/compare_table1.txt"
 RUNS=()
 for llm in $LLMS; do RUNS+=(--run "$llm=$OUT/table1/$llm"); done
 echo
-"$PYTHON" tools/metrics_table.py "${RUNS[@]}" --metrics CIDEr SPICE accuracy | tee "$OUT/table1/metrics.txt"
+"$PYTHON" "$REPO/tools/metrics_table.py" "${RUNS[@]}" --metrics CIDEr SPICE accuracy | tee "$OUT/table1/metrics.txt"

@@ -17,9 +17,9 @@ for cell in $CELLS; do
 done
 
 echo
-"$PYTHON" tools/compare_table1.py "${RESULTS[@]}" | tee "$OUT/table2/compare_table1.txt"
+"$PYTHON" "$REPO/tools/compare_table1.py" "${RESULTS[@]}" | tee "$OUT/table2/compare_table1.txt"
 echo
 echo "Table 2 (paper, CIDEr / SPICE, PaFE on -> off): RefCOCO 63.5/21.3 -> 44.7/14.8, Objaverse 112.7/31.6 ->" \
   "84.7/27.6, ScanRefer 57.0/13.5 -> 21.4/8.4"
-"$PYTHON" tools/metrics_table.py --run "PaFE=$OUT/table2/pafe" --run "PaFE off=$OUT/table2/no_pafe" \
+"$PYTHON" "$REPO/tools/metrics_table.py" --run "PaFE=$OUT/table2/pafe" --run "PaFE off=$OUT/table2/no_pafe" \
   --metrics CIDEr SPICE | tee "$OUT/table2/metrics.txt"

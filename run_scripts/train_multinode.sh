@@ -6,9 +6,10 @@
 #        [--nproc 8] [--max-restarts 3] CONFIG.yaml [--options ...]
 # NODE_RANK is only needed without a rendezvous server (RDZV_BACKEND=static); with c10d, ranks are assigned.
 # With --max-restarts > 0, a failed worker group is restarted and resumes from the latest checkpoint when the
-# config sets run.resume_ckpt_path=auto.
+# config sets run.resume_ckpt_path=auto. Relative paths (the config, --options values, the paths inside the config)
+# are taken from where you stand, as with `python train.py`.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+REPO=$(cd "$(dirname "$0")/.." && pwd -P)
 NNODES=${NNODES:-1}
 NODE_RANK=${NODE_RANK:-0}
 MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
@@ -41,4 +42,4 @@ else
   LAUNCH=(--nnodes="$NNODES" --rdzv_backend=c10d --rdzv_endpoint="$MASTER_ADDR:$MASTER_PORT" --rdzv_id="$RDZV_ID")
 fi
 exec "${PYTHON:-python3}" -m torch.distributed.run "${LAUNCH[@]}" --nproc_per_node="$NPROC" --max_restarts="$MAX_RESTARTS" \
-  train.py --cfg-path "$CFG" "$@"
+  "$REPO/train.py" --cfg-path "$CFG" "$@"

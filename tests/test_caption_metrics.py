@@ -91,7 +91,7 @@ def test_perfect_caption_scores_highest(report):
 
 
 def test_ground_truth_images_without_result_are_reported(report):
-    assert any("1 of 7 ground-truth images have no result" in message for message in report.missing)
+    assert any("1 of 7 ground-truth samples have no result" in message for message in report.missing)
     assert (report.num_ground_truth, report.num_images, report.unscored_ids, report.incomplete) == (7, 6, [7], True)
 
 
@@ -128,7 +128,7 @@ def test_corenlp_dir_lookup(tmp_path):
 
 def test_format_table_shows_percentages(report):
     table = format_table(report)
-    assert f"{100 * report.metrics['CIDEr']:.1f}" in table and "Bleu_4" in table and "6 images" in table
+    assert f"{100 * report.metrics['CIDEr']:.1f}" in table and "Bleu_4" in table and "6 samples" in table
     # image 7 has no result: every number is marked, and the footnote says how much was scored
     assert f"{100 * report.metrics['CIDEr']:.1f}*" in table
     assert table.splitlines()[-1] == ("* incomplete: 6 of 7 ground-truth items scored; not comparable with full-set "

@@ -87,3 +87,64 @@ def test_refuses_a_region_modality_without_its_box(tiny_world):
     with pytest.raises(SystemExit, match="captions a region: give --box"):
         caption.main(["--cfg-path", DEMO, "--image", image, "--modality", "image_region",
                       "--options", *tiny_demo_options(tiny_world)])
+
+
+@pytest.mark.parametrize("box3d", [["nan", "0", "0", "1", "1", "1"], ["0", "0", "0", "1", "inf", "1"]])
+def test_refuses_a_box3d_that_is_not_finite(box3d, capsys):
+    with pytest.raises(SystemExit):  # before the config is read: argparse's usage error
+        caption.parse_args(["--cfg-path", DEMO, "--points", "scene.npy", "--box3d", *box3d])
+    assert f"--box3d {' '.join(box3d)}: every value must be a finite number" in capsys.readouterr().err
+
+
+def scene_and_box(world) -> tuple[str, np.ndarray]:
+    scene = world / "scanrefer" / "scannet_data" / "scene0000_00"
+    return f"{scene}_aligned_vert.npy", np.load(f"{scene}_aligned_bbox.npy")[0, :6]
+
+
+@pytest.mark.parametrize("shift, expected", [
+    ([1000.0, 0.0, 0.0], "the box lies outside the point cloud (x ["),
+    (None, "the box spans no volume"),
+])
+def test_refuses_a_box3d_outside_the_cloud_or_without_volume(tiny_world, capsys, shift, expected):
+    points, box = scene_and_box(tiny_world)
+    if shift is None:
+        values = [str(v) for v in box[:3].tolist() * 8]  # 8 corners in one point
+    else:
+        values = [str(v) for v in np.concatenate([box[:3] + shift, box[3:]])]
+    with pytest.raises(SystemExit) as exit_info:
+        caption.main(["--cfg-path", DEMO, "--points", points, "--box3d", *values,
+                      "--options", *tiny_demo_options(tiny_world)])
+    message = str(exit_info.value)
+    assert message.startswith(f"error: --box3d {' '.join(f'{float(v):g}' for v in values)}: {expected}")
+    assert capsys.readouterr().out == ""
+
+
+def write_bad_cloud(path, kind: str):
+    if kind == "strings":
+        np.save(path, np.array([["a", "b", "c"]] * 4))
+    elif kind == "garbage":
+        path.write_bytes(b"not a ply file\n\x00\x01")
+    elif kind == "no_vertices":
+        path.write_text("ply\nformat ascii 1.0\nelement vertex 0\nproperty float x\nproperty float y\n"
+                        "property float z\nend_header\n")
+    elif kind == "truncated":
+        path.write_text("ply\nformat ascii 1.0\nelement vertex 3\nproperty float x\nproperty float y\n"
+                        "property float z\nend_header\n1 2 3\n")
+    elif kind == "flat":
+        np.save(path, np.zeros(12, dtype=np.float32))
+
+
+@pytest.mark.parametrize("name, kind, expected", [
+    ("cloud.npy", "strings", "holds <U1 values, not numbers: save the array as float32"),
+    ("cloud.ply", "garbage", "not a readable .ply file (PlyHeaderParseError"),
+    ("cloud.ply", "no_vertices", "the .ply has no vertices"),
+    ("cloud.ply", "truncated", "not a readable .ply file (PlyElementParseError"),
+    ("cloud.npy", "flat", "expected an [N, >=3] array, got shape (12,)"),
+])
+def test_refuses_an_unreadable_point_file_naming_it(tiny_world, tmp_path, name, kind, expected):
+    path = tmp_path / name
+    write_bad_cloud(path, kind)
+    with pytest.raises(SystemExit) as exit_info:
+        caption.main(["--cfg-path", DEMO, "--points", str(path), "--options", *tiny_demo_options(tiny_world)])
+    message = str(exit_info.value)
+    assert str(path) in message and expected in message and "Traceback" not in message

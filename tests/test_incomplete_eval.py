@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from evaluate import main as evaluate_main
+from lavis.common import metrics_files
 from lavis.common.caption_metrics import CaptionReport, coverage, format_table
 from lavis.common.registry import TASKS
 from tests.conftest import REPO, write_yaml
@@ -68,7 +69,9 @@ def metrics_file(path: Path, dataset: str, split: str, cider: float, **keys) -> 
     """A metrics file as evaluate.py writes it; `keys` overrides or adds (None drops a key)."""
     report = {"dataset": dataset, "split": split, "modality": "image_region", "model": "regionblip_opt",
               "samples": 100, "skipped": 0, "metrics": {"CIDEr": cider, "SPICE": 0.2}, "missing": [],
-              "gt_items": 100, "scored_items": 100, "missing_items": 0, "missing_ids": [], "incomplete": False}
+              "gt_items": 100, "scored_items": 100, "missing_items": 0, "missing_ids": [], "incomplete": False,
+              "provenance": {"checkpoint": {"path": str(path.parent / "ckpt.pth"), "step": 10, "sha256": "ab" * 32},
+                             "config_sha256": "cd" * 32}}
     report.update(keys)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({k: v for k, v in report.items() if v is not None}))
@@ -78,7 +81,8 @@ def metrics_file(path: Path, dataset: str, split: str, cider: float, **keys) -> 
 INCOMPLETE = dict(samples=98, skipped=2, gt_items=100, scored_items=98, missing_items=2, missing_ids=[3, 17],
                   incomplete=True, missing=["2 of 100 ground-truth images have no result; metrics cover the 98 images "
                                             "in the results"])
-OLD = dict(gt_items=None, scored_items=None, missing_items=None, missing_ids=None, incomplete=None)  # pre-change file
+OLD = dict(gt_items=None, scored_items=None, missing_items=None, missing_ids=None, incomplete=None,
+           provenance=None)  # pre-change file
 
 
 def test_metrics_table_marks_incomplete_and_unknown_cells(tmp_path):
@@ -92,7 +96,8 @@ def test_metrics_table_marks_incomplete_and_unknown_cells(tmp_path):
     assert lines[2:] == [
         f"* part / refcoco (image_region, test): incomplete: 98 of 100 ground-truth items scored (2 missing, e.g. "
         f"[3, 17]; 2 bad samples skipped) ({part})",
-        f"? old / refcoco (image_region, test): completeness unknown: {metrics_table.UNKNOWN} ({old})"]
+        f"? old / refcoco (image_region, test): completeness unknown: {metrics_files.UNKNOWN} ({old})",
+        f"? old / refcoco (image_region, test): {metrics_table.NO_PROVENANCE} ({old})"]
     markdown = metrics_table.table(runs, ["CIDEr"], markdown=True)
     assert r"| 63.5 | 58.2\* | 60.0? |" in markdown and r"- \* part / refcoco" in markdown
 
@@ -100,14 +105,14 @@ def test_metrics_table_marks_incomplete_and_unknown_cells(tmp_path):
 @pytest.mark.parametrize("keys, expected", [
     ({}, (False, "100 of 100 ground-truth items scored")),
     (INCOMPLETE, (True, "98 of 100 ground-truth items scored (2 missing, e.g. [3, 17]; 2 bad samples skipped)")),
-    (OLD, (None, metrics_table.UNKNOWN)),
+    (OLD, (None, metrics_files.UNKNOWN)),
     # older files still show what they lacked: the caption scorer's message, or skipped bad samples
     ({**OLD, "missing": INCOMPLETE["missing"]}, (True, "98 of 100 ground-truth items scored")),
     ({**OLD, "samples": 12, "skipped": 1, "missing": None}, (True, "12 of 13 samples scored (1 bad samples skipped)")),
 ])
 def test_completeness_of_new_and_old_files(tmp_path, keys, expected):
     path = metrics_file(tmp_path / "m.json", "refcoco", "test", 0.6, **keys)
-    assert metrics_table.completeness(json.loads(path.read_text())) == expected
+    assert metrics_files.completeness(json.loads(path.read_text())) == expected
 
 
 def table1_files(tmp_path: Path, **refcoco_keys) -> list[str]:

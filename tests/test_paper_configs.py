@@ -19,6 +19,7 @@ CELLS = {
     "objaverse": ("objaverse_cap3d", "pointcloud", "test", None),
     "scanrefer": ("scanrefer", "pointcloud_region", "val", None),
     "vqav2": ("vqav2", "image", "val2014", 224),  # zero-shot, BLIP-2's VQA image size
+    "refcocog": ("refcoco", "image_region", "val", 364),  # beyond the paper: the protocol region-captioning papers use
 }
 TRAIN_SETS = {"refcoco": "image_region", "objaverse_cap3d": "pointcloud", "scanrefer": "pointcloud_region"}
 TRAIN_DIR = REPO / "configs" / "train"
@@ -138,7 +139,8 @@ def test_eval_config_matches_its_paper_cell(path: Path, weights):
         assert cfg.model.modalities["image"].lora is False and cfg.run.load_ckpt_path is None
         return
     assert cfg.run.task == "captioning"
-    assert ds.eval_gt_file == f"data/gt/{'coco_karpathy' if cell == 'coco' else cell}_{split}.json"
+    gt_name = {"coco": "coco_karpathy", "refcocog": "refcocog_umd"}.get(cell, cell)
+    assert ds.eval_gt_file == f"data/gt/{gt_name}_{split}.json"
     assert_reference_conventions(cfg, training=False)
     if kind == "blip2_crop":
         assert ds.modality == "image" and ds.crop_to_box and not ds.eval_image.truncate_box_pixels

@@ -26,10 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-try:
-    from tools.metrics_table import completeness
-except ImportError:  # run as `python tools/compare_table1.py`: tools/ itself is on sys.path
-    from metrics_table import completeness
+from lavis.common.metrics_files import completeness
 
 ROWS = {"opt2.7b": "OPT-2.7B", "opt6.7b": "OPT-6.7B", "flant5xl": "FlanT5-XL", "flant5xxl": "FlanT5-XXL"}
 COLUMNS = {"refcoco": ("RefCOCO", "test"), "objaverse": ("Objaverse", "test"), "scanrefer": ("ScanRefer", "val")}

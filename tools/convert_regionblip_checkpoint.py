@@ -41,6 +41,7 @@ The file is read with weights_only=True: a checkpoint is data, never code.
 from __future__ import annotations
 
 import argparse
+import pickle
 import re
 import sys
 import warnings
@@ -209,7 +210,16 @@ def _warn_if_trained_adapter(state: dict[str, torch.Tensor], dropped: list[str],
 
 def read_release(src: str | Path) -> dict[str, torch.Tensor]:
     """The model state dict of a LAVIS-saved file ({"model": ...}) or a bare state dict, read as data."""
-    obj = torch.load(src, map_location="cpu", weights_only=True)
+    try:
+        obj = torch.load(src, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # a pickle of Python objects, or no pickle at all
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        what = f"it pickles a Python object ({found[1]})" if found else "it is no torch-saved state dict"
+        raise ValueError(f"{src}: refused: {what}, and a checkpoint is read with weights_only=True, as data, never "
+                         "code. Re-save it where it was made as torch.save({'model': model.state_dict()}, path) "
+                         "(tensors only)") from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise ValueError(f"{src}: not a readable torch checkpoint ({type(e).__name__}: {e})") from None
     state = obj["model"] if isinstance(obj, dict) and isinstance(obj.get("model"), dict) else obj
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise ValueError(f"{src}: not a RegionBLIP checkpoint (expected {{'model': {{name: tensor}}}})")
@@ -246,7 +256,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="modality kept as BLIP-2's frozen image path (its queries, LLM projection and LoRA "
                              "dropped); '' keeps everything")
     args = parser.parse_args(argv)
-    result = convert_file(args.src, args.dst, args.blip2_image_modality)
+    try:
+        result = convert_file(args.src, args.dst, args.blip2_image_modality)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     print(report(result))
     print(f"wrote {args.dst} and {options_path(args.dst)} (the reference's conventions, for --options):")
     print("  " + " ".join(result.options))

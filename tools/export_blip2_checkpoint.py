@@ -18,8 +18,10 @@ from pathlib import Path
 import torch
 
 import lavis  # noqa: F401  (registers the built-in models)
-from lavis.common.checkpoint import latest_checkpoint, load_checkpoint
-from lavis.common.config import load_config
+from lavis.common.checkpoint import latest_checkpoint
+from lavis.common.checkpoint_compat import Purpose
+from lavis.common.config import add_debug_flag, load_config, report_config_errors
+from lavis.common.preflight import load_for_inference
 from lavis.common.registry import MODELS
 from lavis.models import lora
 from lavis.models.llm import LLMFamily
@@ -55,6 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run", required=True, type=Path, help="a training run directory (config.yaml + checkpoints)")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--modality", default="image")
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
     ckpt = latest_checkpoint(args.run)
     if ckpt is None:
@@ -62,8 +65,11 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_config(str(args.run / "config.yaml"))
     if args.modality not in cfg.model.modalities:
         parser.error(f"--modality {args.modality} is not one of {list(cfg.model.modalities)}")
+    # the run's config.yaml against the config its checkpoint holds (a later run may have overwritten it), and the
+    # frozen weights, before the model is built
+    state = load_for_inference(cfg, str(ckpt), "--run", "the command line", Purpose.export)
     model = MODELS.get(cfg.model_arch).from_config(cfg.model)
-    model.load_trainable_state_dict(load_checkpoint(ckpt)["model"])
+    model.load_trainable_state_dict(state["model"])
     state = blip2_state(model, args.modality)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"model": state}, args.out)
@@ -71,4 +77,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    report_config_errors(main)

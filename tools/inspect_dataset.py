@@ -4,8 +4,10 @@
         --options annotation_root=data/scanrefer scannet_data_root=data/scanrefer/scannet_data --num 4 --out inspect/
     python tools/inspect_dataset.py --config configs/train.yaml --dataset objaverse --num 8 --out inspect/
 
---config takes a run YAML (pick the entry with --dataset) or a YAML holding one dataset entry. Images are drawn
-with their 2D box; point clouds as a top-down (x-y) and a front (x-z) orthographic view with the 3D box's edges.
+--config takes a run YAML (pick the entry with --dataset) or a YAML holding one dataset entry. A dataset registered
+by a plugin module is found through the run YAML's `run.imports` or `--imports MODULE ...` (importable: installed, or
+on PYTHONPATH). Images are drawn with their 2D box; point clouds as a top-down (x-y) and a front (x-z) orthographic
+view with the 3D box's edges.
 Without a model config, 3D corners are laid out as `box3d_corners`; `--options region_kind=box3d_corners_reference`
 draws the reference's layout (both orders share the edges drawn).
 """
@@ -27,10 +29,26 @@ VIEW = 256  # pixels per view
 BOX_EDGES = [(0, 1), (1, 2), (2, 3), (3, 0), (4, 5), (5, 6), (6, 7), (7, 4), (0, 4), (1, 5), (2, 6), (3, 7)]
 
 
-def register_builders() -> None:
-    """Import the builder modules so their names are registered (the package imports all of them)."""
+def register_builders(plugins: list[str]) -> None:
+    """Import the builder modules so their names are registered (the package imports all of them), then the plugin
+    modules (a run YAML's `run.imports` and --imports), as a training run does."""
     importlib.import_module("lavis.datasets.builders")
-    importlib.import_module("lavis.datasets.builders.point_builders")
+    for name in plugins:
+        try:
+            importlib.import_module(name)
+        except Exception as e:  # noqa: BLE001 - a missing module or one failing as it imports: one clear line
+            raise SystemExit(f"cannot import plugin module '{name}' (run.imports / --imports): "
+                             f"{type(e).__name__}: {e}; it must be importable (installed, or on PYTHONPATH)") from None
+
+
+def plugin_modules(args: argparse.Namespace) -> list[str]:
+    """--imports, then the `run.imports` of a --config run YAML."""
+    names = list(args.imports)
+    if args.config is not None:
+        loaded = OmegaConf.load(args.config)
+        if "datasets" in loaded and loaded.get("run") is not None:
+            names += [str(n) for n in loaded.run.get("imports") or []]
+    return names
 
 
 def dataset_config(args: argparse.Namespace):
@@ -52,7 +70,8 @@ def dataset_config(args: argparse.Namespace):
     if not name:
         raise SystemExit("give --builder, or --config with --dataset")
     builder_cls = DATASET_BUILDERS.get(name)
-    sources: list[tuple[str, Any]] = []
+    # a dataset never reads its modality (the batches carry it to the model): one need not be named to look at it
+    sources: list[tuple[str, Any]] = [("inspect_dataset", OmegaConf.create({"modality": "(none)"}))]
     if getattr(builder_cls, "DEFAULT_CONFIG", None):
         default = CONFIG_ROOT / builder_cls.DEFAULT_CONFIG
         sources.append((str(default), OmegaConf.load(default)))
@@ -130,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, default=None, help="a run YAML or one dataset entry's YAML")
     parser.add_argument("--dataset", default=None, help="the entry of --config's datasets: to inspect")
     parser.add_argument("--options", nargs="*", default=[], help="dataset fields as key=value")
+    parser.add_argument("--imports", nargs="*", default=[], metavar="MODULE",
+                        help="modules that register a plugin's dataset builder (besides the run YAML's run.imports)")
     parser.add_argument("--split", default=None, help="the split to draw from (default: the first that builds)")
     parser.add_argument("--num", type=int, default=4, help="items to draw")
     parser.add_argument("--out", type=Path, default=Path("inspect"))
@@ -139,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     from lavis.common.config_schema import ConfigError
     from lavis.datasets.base import BadSampleError
 
-    register_builders()
+    register_builders(plugin_modules(args))
     try:
         name, builder = dataset_config(args)
     except (ConfigError, KeyError) as e:

@@ -44,7 +44,7 @@ from lavis.datasets.builders.point_builders import (
 from lavis.datasets.datasets.coco_caption import karpathy_records
 from lavis.datasets.datasets.region_shards import PointRegionSample, RegionSample, write_region_shards
 from lavis.datasets.datasets.scanrefer import object_image_id
-from tools.prepare_eval_refcoco import add_source_args, load_source
+from lavis.datasets.refcoco_source_options import add_source_args, load_source
 
 SOURCES = ("flat_file", "refer_root", "coco_ann_file", "objaverse_root", "scanrefer_root")
 # the dataset config keys the builders' path checks name -> this tool's options

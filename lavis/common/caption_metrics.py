@@ -13,11 +13,13 @@ such numbers with `*`, since they are not comparable with full-set ones.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
 import subprocess
 import tempfile
+import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +30,7 @@ CORENLP_JARS = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar
 CORENLP_CONFIG_KEY = "run.caption_metrics.corenlp_dir"
 METRIC_ORDER = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "SPICE")
 MAX_LISTED_IDS = 20  # missing ids written to a metrics file; missing_items counts them all
+log = logging.getLogger("lavis.caption_metrics")
 SPICE_HEAP = "8G"  # the heap SPICE's own usage line and pycocoevalcap ask for; CoreNLP's parser needs several GB
 
 
@@ -76,13 +79,19 @@ def coco_caption_scores(results: list[dict], ground_truth: dict | str | Path,
     if shutil.which("java") is None:
         raise RuntimeError("caption metrics need Java on PATH (pycocoevalcap's tokenizer and METEOR are Java programs)")
     ids = list(candidates)
+    # scoring takes a while (Java: the tokenizer, METEOR, SPICE): say so before and how long after
+    names = "BLEU-1..4, METEOR, ROUGE_L, CIDEr" + (", SPICE" if cfg.spice else "")
+    truth = ground_truth if isinstance(ground_truth, (str, Path)) else "the given ground truth"
+    log.info("scoring %d captions against %s with %s", len(ids), truth, names)
+    started = time.perf_counter()
     gts, res = tokenize({i: references[i] for i in ids}, {i: [candidates[i]] for i in ids})
     metrics, per_image = standard_scores(gts, res)
     missing = []
     unscored = len(references) - len(ids)
     if unscored:
-        missing.append(f"{unscored} of {len(references)} ground-truth images have no result; "
-                       f"metrics cover the {len(ids)} images in the results")
+        # "samples", not "images": the ground truth's `images` are point clouds or objects for 3D datasets
+        missing.append(f"{unscored} of {len(references)} ground-truth samples have no result; "
+                       f"metrics cover the {len(ids)} samples in the results")
     if cfg.spice:
         jars, problem = find_corenlp_jars(cfg)
         if problem is None:
@@ -93,6 +102,7 @@ def coco_caption_scores(results: list[dict], ground_truth: dict | str | Path,
             missing.append(problem)
     # ids are all int or all str in practice; the type name keeps a mixed set sortable
     unscored_ids = sorted((i for i in references if i not in candidates), key=lambda i: (type(i).__name__, i))
+    log.info("scored %d captions against %s in %.1f s", len(ids), truth, time.perf_counter() - started)
     return CaptionReport(metrics=metrics, missing=missing, per_image=per_image, num_images=len(ids),
                          num_ground_truth=len(references), unscored_ids=unscored_ids)
 
@@ -245,7 +255,7 @@ def format_table(report: CaptionReport) -> str:
     names = [n for n in METRIC_ORDER if n in report.metrics] + [n for n in report.metrics if n not in METRIC_ORDER]
     width = max(len(n) for n in names + ["metric"])
     mark = "*" if report.incomplete else ""
-    lines = [f"{'metric':<{width}}  score  ({report.num_images} images)"]
+    lines = [f"{'metric':<{width}}  score  ({report.num_images} samples)"]
     lines += [f"{name:<{width}}  {100 * report.metrics[name]:5.1f}{mark}" for name in names]
     if report.incomplete:
         lines.append(f"* {incomplete_note(report.num_ground_truth, report.num_images)}")

@@ -58,19 +58,28 @@ _ARRAY_ERRORS = (OSError, EOFError, ValueError, KeyError, SyntaxError, tokenize.
 
 
 def load_array(source: str | Path | bytes, name: str = "") -> np.ndarray:
-    """An .npy (path or bytes) or .npz (path; key `arr_0`, else its only array) as an array, never a pickled object.
-    Raises ValueError naming `name` (default: the path) when the file cannot be read as an array."""
+    """An .npy (path or bytes) or .npz (path; key `arr_0`, else its only array) of numbers (bool, int or float) as an
+    array, never a pickled object. Raises ValueError naming `name` (default: the path) when the file cannot be read
+    as such an array (strings and records included: every caller reads points, boxes or offsets)."""
     name = name or str(source)
     try:
-        if isinstance(source, (bytes, bytearray, memoryview)):
-            return np.load(io.BytesIO(source), allow_pickle=False)
-        path = Path(source)
-        if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as data:
-                key = "arr_0" if "arr_0" in data.files else (data.files[0] if len(data.files) == 1 else None)
-                if key is None:
-                    raise ValueError(f"no 'arr_0' among its arrays {data.files}")
-                return data[key]
-        return np.load(path, allow_pickle=False)
+        array = _read_array(source)
     except _ARRAY_ERRORS as e:
         raise ValueError(f"cannot read {name} as an array: {type(e).__name__}: {e}") from None
+    if array.dtype.kind not in "biuf":
+        raise ValueError(f"{name} holds {array.dtype} values, not numbers: save the array as float32 (e.g. "
+                         "np.save(path, points.astype(np.float32)))")
+    return array
+
+
+def _read_array(source: str | Path | bytes) -> np.ndarray:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return np.load(io.BytesIO(source), allow_pickle=False)
+    path = Path(source)
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as data:
+            key = "arr_0" if "arr_0" in data.files else (data.files[0] if len(data.files) == 1 else None)
+            if key is None:
+                raise ValueError(f"no 'arr_0' among its arrays {data.files}")
+            return data[key]
+    return np.load(path, allow_pickle=False)

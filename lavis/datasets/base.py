@@ -44,6 +44,16 @@ def indexing_skips(dataset: object) -> list[tuple[str, str]]:
 
 
 @dataclass(frozen=True)
+class ItemKeys:
+    """What the items of a split carry for the model: the encoder's input key (image, points) and the length of
+    region_geometry (None: no region). A builder's `item_keys(split)` declares it; the config check
+    (lavis/common/preflight.py) compares it with what the dataset's modality reads, before anything is built."""
+
+    input_key: str
+    geometry_dim: Optional[int] = None
+
+
+@dataclass(frozen=True)
 class SkippedSample:
     """Stands in for a bad sample inside a worker; the collate function removes it and reports it."""
 

@@ -16,10 +16,23 @@ Checkpoints hold only parameters with requires_grad (see `trainable_state_dict`)
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar
+from typing import Callable, ClassVar, Optional
 
 import torch
 from torch import nn
+
+from lavis.datasets.base import ItemKeys
+
+
+@dataclass(frozen=True)
+class FrozenPart:
+    """A part that does not train and where its weights come from: a run refuses one that loads none unless a
+    setting allows random weights for it."""
+
+    key: str  # e.g. model.encoders.vision
+    weights_key: Optional[str]  # the config key naming the file it loads; None: it loads none
+    random_allowed_by: Optional[str]  # the key whose setting allows random weights for it; None: nothing does
+    fix: str  # what to set, e.g. "set model.encoders.vision.params.checkpoint_path"
 
 
 @dataclass
@@ -38,6 +51,21 @@ class BaseModel(nn.Module):
     @classmethod
     def from_config(cls, cfg) -> BaseModel:
         raise NotImplementedError(f"{cls.__name__} must implement from_config")
+
+    # ---- what the config can tell before anything is built (lavis/common/config.py, lavis/common/preflight.py) ----
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        """Raise ConfigError (with `key` set) for a cross-reference the config gets wrong; reads no file."""
+
+    @classmethod
+    def modality_inputs(cls, cfg) -> dict[str, ItemKeys]:
+        """The item keys each modality reads, checked against what its datasets yield ({}: not declared)."""
+        return {}
+
+    @classmethod
+    def frozen_parts(cls, cfg) -> list[FrozenPart]:
+        """The frozen parts and where their weights come from; one without weights must be declared random."""
+        return []
 
     def loss_weights(self, modality: str) -> dict[str, float]:
         raise NotImplementedError(f"{type(self).__name__} must implement loss_weights")

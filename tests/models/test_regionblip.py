@@ -209,7 +209,7 @@ def test_config_errors_name_the_block(assets):
         build(data)
     data = tiny_model_dict(assets)
     data["modalities"]["image"]["region"] = "box9d"
-    with pytest.raises(KeyError, match="box9d"):
+    with pytest.raises(ConfigError, match="model.modalities.image.region: unknown region kind 'box9d'"):
         build(data)
 
 
@@ -552,6 +552,23 @@ def test_converter_refuses_a_broken_tie():
     state["Qformer_pc.cls.predictions.decoder.bias"] = bias + 1
     with pytest.raises(ValueError, match="decoder.bias"):
         convert.convert_state_dict(state, "")
+
+
+def test_converter_refuses_a_pickle_naming_the_file(tmp_path, capsys):
+    import pathlib
+
+    src, dst = tmp_path / "release.pth", tmp_path / "out.pth"
+    torch.save({"model": {"query_tokens_img_region": torch.zeros(1, 32, 768)}, "args": pathlib.PurePosixPath("x")},
+               src)  # an object weights-only loading refuses: a pickle that could run code
+    with pytest.raises(SystemExit) as refused:
+        _converter().main([str(src), str(dst)])
+    assert str(refused.value).startswith(f"error: {src}: refused: it pickles a Python object (pathlib.PurePosixPath)")
+    assert "torch.save({'model': model.state_dict()}, path)" in str(refused.value)
+    src.write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit) as refused:
+        _converter().main([str(src), str(dst)])
+    assert str(refused.value).startswith(f"error: {src}: refused: it is no torch-saved state dict")
+    assert not dst.exists() and capsys.readouterr().out == ""
 
 
 class HostCopies(TorchDispatchMode):

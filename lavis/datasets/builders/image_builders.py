@@ -15,7 +15,7 @@ from typing import Dict, Optional
 from torch.utils.data import Dataset
 
 from lavis.common.registry import DATASET_BUILDERS
-from lavis.datasets.base import DatasetConfig
+from lavis.datasets.base import DatasetConfig, ItemKeys
 from lavis.datasets.datasets.coco_caption import CocoCaptionDataset
 from lavis.datasets.datasets.refcoco import (
     DATASETS,
@@ -35,6 +35,7 @@ from lavis.datasets.datasets.region_shards import (
 )
 from lavis.processors.image_processors import BoxImageConfig, BoxImageProcessor
 from lavis.processors.point_processors import PointCloudProcessor, PointCloudProcessorConfig
+from lavis.processors.region_kinds import region_dim
 from lavis.processors.text_processors import CaptionConfig, CaptionProcessor
 
 
@@ -91,6 +92,9 @@ class CocoCaptionBuilder(_ImageBuilder):
     def ann_file(self, split: str) -> Path:
         return Path(self.cfg.ann_root) / f"coco_karpathy_{split}.json"
 
+    def item_keys(self, split: str) -> ItemKeys:
+        return ItemKeys("image")
+
     def _splits(self) -> list[str]:
         return [s for s in (self.cfg.train_split, self.cfg.eval_split) if s]
 
@@ -139,6 +143,9 @@ class RefCocoBuilder(_ImageBuilder):
 
     def _splits(self) -> list[str]:
         return [s for s in (self.cfg.train_split, self.cfg.eval_split) if s]
+
+    def item_keys(self, split: str) -> ItemKeys:
+        return ItemKeys("image", None if self.cfg.crop_to_box else region_dim("box2d"))
 
     def check_paths(self) -> list[str]:
         cfg = self.cfg

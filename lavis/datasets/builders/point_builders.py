@@ -14,7 +14,7 @@ from typing import List, Optional
 from torch.utils.data import Dataset
 
 from lavis.common.registry import DATASET_BUILDERS
-from lavis.datasets.base import DatasetConfig
+from lavis.datasets.base import DatasetConfig, ItemKeys
 from lavis.datasets.datasets.modelnet import ModelNet40, read_shape_names
 from lavis.datasets.datasets.objaverse import (
     DEFAULT_FILE_PATTERNS,
@@ -25,6 +25,7 @@ from lavis.datasets.datasets.objaverse import (
 )
 from lavis.datasets.datasets.scanrefer import ScanRefer
 from lavis.processors.point_processors import PointCloudProcessor, PointCloudProcessorConfig
+from lavis.processors.region_kinds import region_dim
 from lavis.processors.text_processors import CaptionConfig, CaptionProcessor
 
 DEFAULT_CORNER_KIND = "box3d_corners"  # a ScanRefer config without a modality's region (tools, tests)
@@ -49,6 +50,9 @@ class _PointBuilder:
 
     def used_splits(self) -> list[str]:
         return [s for s in dict.fromkeys((self.cfg.train_split, self.cfg.eval_split)) if s]
+
+    def item_keys(self, split: str) -> ItemKeys:
+        return ItemKeys("points")
 
     def processor(self, split: str) -> PointCloudProcessor:
         chosen = self.cfg.train_processor if split == self.cfg.train_split else self.cfg.eval_processor
@@ -145,6 +149,9 @@ class ScanReferBuilder(_PointBuilder):
 
     def annotation_file(self, split: str) -> Path:
         return Path(self.cfg.annotation_root) / self.cfg.annotation_pattern.format(split=split)
+
+    def item_keys(self, split: str) -> ItemKeys:
+        return ItemKeys("points", region_dim(self.cfg.region_kind or DEFAULT_CORNER_KIND))
 
     def check_paths(self) -> list[str]:
         cfg = self.cfg

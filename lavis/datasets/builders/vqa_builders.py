@@ -14,7 +14,7 @@ from typing import Optional
 from torch.utils.data import Dataset
 
 from lavis.common.registry import DATASET_BUILDERS
-from lavis.datasets.base import DatasetConfig
+from lavis.datasets.base import DatasetConfig, ItemKeys
 from lavis.datasets.datasets.vqa import VQAv2Dataset
 from lavis.models.llm import GenerationConfig
 from lavis.processors.image_processors import BoxImageConfig, BoxImageProcessor
@@ -54,6 +54,9 @@ class VQAv2Builder:
             raise ValueError(f"vqav2: answer_normalization must be 'official' or 'clean', not "
                              f"{cfg.answer_normalization!r}")
         self.cfg = cfg
+
+    def item_keys(self, split: str) -> ItemKeys:
+        return ItemKeys("image")
 
     def questions_file(self, split: str) -> Path:
         return Path(self.cfg.ann_root) / self.cfg.questions_pattern.format(split=split)

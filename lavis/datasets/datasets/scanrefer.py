@@ -63,12 +63,23 @@ def _read_scanrefer(entries: list):
 
 
 def read_ply_vertices(path: Path) -> np.ndarray:
-    """A mesh or point .ply -> [N, 3] xyz, or [N, 6] xyz rgb when the vertices carry colour."""
-    from plyfile import PlyData
+    """A mesh or point .ply -> [N, 3] xyz, or [N, 6] xyz rgb when the vertices carry colour. Raises ValueError
+    naming the file when it is no readable .ply or has no vertices with x, y, z."""
+    from plyfile import PlyData, PlyParseError
 
-    vertex = PlyData.read(str(path))["vertex"]
-    names = vertex.data.dtype.names
-    columns = ["x", "y", "z"] + (["red", "green", "blue"] if {"red", "green", "blue"} <= set(names) else [])
+    try:
+        ply = PlyData.read(str(path))
+    except (PlyParseError, UnicodeDecodeError, EOFError, ValueError) as e:  # a garbage header, truncated rows
+        raise ValueError(f"{path}: not a readable .ply file ({type(e).__name__}: {e})") from None
+    if "vertex" not in [element.name for element in ply.elements]:
+        raise ValueError(f"{path}: the .ply has no 'vertex' element (it holds {[e.name for e in ply.elements]})")
+    vertex = ply["vertex"]
+    names = set(vertex.data.dtype.names or ())
+    if not {"x", "y", "z"} <= names:
+        raise ValueError(f"{path}: the .ply vertices lack x, y or z (they have {sorted(names)})")
+    if len(vertex.data) == 0:
+        raise ValueError(f"{path}: the .ply has no vertices")
+    columns = ["x", "y", "z"] + (["red", "green", "blue"] if {"red", "green", "blue"} <= names else [])
     return np.stack([np.asarray(vertex[c], dtype=np.float32) for c in columns], 1)
 
 

@@ -8,7 +8,9 @@ from typing import Any, Dict, Optional
 
 from lavis.common.config import is_weight_path
 from lavis.common.config_schema import ConfigError, config_from_dict
-from lavis.common.registry import ENCODERS, REGION_KINDS
+from lavis.common.registry import ENCODERS, REGION_KINDS, Registry, RegistryError
+from lavis.datasets.base import ItemKeys
+from lavis.models.base import FrozenPart
 from lavis.models.llm import GenerationConfig, LLMConfig, LLMFamily
 from lavis.models.lora import LoraSettings
 from lavis.models.qformer import QFormerConfig
@@ -25,6 +27,9 @@ class EncoderEntry:
     # a trainable Linear from the encoder's width to its Q-Formers' encoder_width: where the widths differ (false),
     # or always (true), as the reference's `pc_adapter`, which a release holds even at equal widths
     width_adapter: bool = False
+    # The encoder is frozen: without a weight file (params.checkpoint_path, or init_from_blip2) a run refuses to
+    # start unless this says random weights are meant (tiny debug flavours); a file, when named, is still loaded
+    allow_random_weights: bool = False
 
 
 @dataclass
@@ -32,6 +37,7 @@ class QFormerEntry:
     config: QFormerConfig = field(default_factory=QFormerConfig)
     frozen: bool = True  # base weights; the LoRA adapters always train
     init_from_blip2: bool = False  # load Qformer.* of blip2_checkpoint_path
+    allow_random_weights: bool = False  # frozen without bert_init_path / checkpoint_path / init_from_blip2: allowed
 
 
 @dataclass
@@ -79,39 +85,57 @@ class RegionBLIPConfig:
     random_init: bool = False
 
 
+def _unknown(registry: Registry, name: str) -> str:
+    """The registry's own message for an unknown name (with its suggestion and the registered names)."""
+    try:
+        registry.get(name)
+    except RegistryError as e:
+        return str(e)
+    return ""
+
+
 def _check_refs(cfg: RegionBLIPConfig) -> None:
     if not cfg.modalities:
-        raise ConfigError("model.modalities: at least one modality is needed")
+        raise ConfigError("model.modalities: at least one modality is needed (all were removed, or none defined)",
+                          key="model.modalities")
     for name, m in cfg.modalities.items():
         where = f"model.modalities.{name}"
         if m.encoder not in cfg.encoders:
-            raise ConfigError(f"{where}.encoder '{m.encoder}' is not a key of model.encoders ({list(cfg.encoders)})")
+            raise ConfigError(f"{where}.encoder '{m.encoder}' is not a key of model.encoders ({list(cfg.encoders)})",
+                              key=f"{where}.encoder")
         if m.qformer not in cfg.qformers:
-            raise ConfigError(f"{where}.qformer '{m.qformer}' is not a key of model.qformers ({list(cfg.qformers)})")
-        if m.region is not None:
-            REGION_KINDS.get(m.region)
+            raise ConfigError(f"{where}.qformer '{m.qformer}' is not a key of model.qformers ({list(cfg.qformers)})",
+                              key=f"{where}.qformer")
+        if m.region is not None and m.region not in REGION_KINDS:
+            raise ConfigError(f"{where}.region: {_unknown(REGION_KINDS, m.region)}. Use null for a holistic "
+                              "modality; a new kind is one register_region_kind call in a run.imports module",
+                              key=f"{where}.region")
         unknown = sorted(set(m.losses) - set(LOSS_TERMS))
         if unknown:
-            raise ConfigError(f"{where}.losses: unknown term(s) {unknown}; terms are {list(LOSS_TERMS)}")
+            raise ConfigError(f"{where}.losses: unknown term(s) {unknown}; terms are {list(LOSS_TERMS)}",
+                              key=f"{where}.losses")
         if any(w < 0 for w in m.losses.values()):
-            raise ConfigError(f"{where}.losses: weights must be >= 0, got {m.losses}")
+            raise ConfigError(f"{where}.losses: weights must be >= 0, got {m.losses}", key=f"{where}.losses")
         if m.losses.get("reg", 0) > 0 and m.region is None:
-            raise ConfigError(f"{where}.losses.reg > 0 needs a region kind (region: null has nothing to regress)")
+            raise ConfigError(f"{where}.losses.reg > 0 needs a region kind (region: null has nothing to regress)",
+                              key=f"{where}.losses.reg")
         if (m.losses.get("llm", 0) > 0 or m.lora) and not cfg.llm.path:
-            raise ConfigError("model.llm.path is not set")
+            raise ConfigError("model.llm.path is not set", key="model.llm.path")
         family = LLMFamily(cfg.llm.family)
         if family is LLMFamily.opt and m.prefix:
-            raise ConfigError(f"{where}.prefix is for llm.family t5; OPT takes `prompt`")
+            raise ConfigError(f"{where}.prefix is for llm.family t5; OPT takes `prompt`", key=f"{where}.prefix")
         if family is LLMFamily.t5 and m.prompt:
-            raise ConfigError(f"{where}.prompt is for llm.family opt; FlanT5 takes `prefix`")
+            raise ConfigError(f"{where}.prompt is for llm.family opt; FlanT5 takes `prefix`", key=f"{where}.prompt")
     if cfg.llm.bos_target_with_empty_prompt and LLMFamily(cfg.llm.family) is not LLMFamily.opt:
-        raise ConfigError("model.llm.bos_target_with_empty_prompt is for llm.family opt (T5 has no leading </s>)")
+        raise ConfigError("model.llm.bos_target_with_empty_prompt is for llm.family opt (T5 has no leading </s>)",
+                          key="model.llm.bos_target_with_empty_prompt")
 
 
 def _check_qformers(cfg: RegionBLIPConfig) -> None:
     for key, entry in cfg.qformers.items():
         if not entry.config.tokenizer_path:
-            raise ConfigError(f"model.qformers.{key}.config.tokenizer_path is not set (a BERT tokenizer directory)")
+            raise ConfigError(f"model.qformers.{key}.config.tokenizer_path is not set (a BERT tokenizer directory)",
+                              key=f"model.qformers.{key}.config.tokenizer_path")
 
 
 def _check_widths(cfg: RegionBLIPConfig) -> None:
@@ -121,26 +145,82 @@ def _check_widths(cfg: RegionBLIPConfig) -> None:
         hidden = {cfg.qformers[m.qformer].config.hidden_size for m in cfg.modalities.values()}
         if len(hidden) > 1:
             raise ConfigError(f"model.shared_itc_text_head: the modalities' Q-Formers have different hidden_size "
-                              f"{sorted(hidden)}; one text projection cannot serve them (set it false)")
+                              f"{sorted(hidden)}; one text projection cannot serve them (set it false)",
+                              key="model.shared_itc_text_head")
     widths: dict[str, set[int]] = {}
     for m in cfg.modalities.values():
         widths.setdefault(m.encoder, set()).add(cfg.qformers[m.qformer].config.encoder_width)
     for encoder, found in widths.items():
         if len(found) > 1:
-            raise ConfigError(f"model.encoders.{encoder} feeds Q-Formers of different encoder_width {sorted(found)}")
+            raise ConfigError(f"model.encoders.{encoder} feeds Q-Formers of different encoder_width {sorted(found)}",
+                              key=f"model.encoders.{encoder}")
     if cfg.blip2_checkpoint_path is None:
         blip2_users = [k for k, e in {**cfg.encoders, **cfg.qformers}.items() if e.init_from_blip2]
         blip2_users += [k for k, m in cfg.modalities.items() if m.init_from_blip2]
         if blip2_users:
-            raise ConfigError(f"init_from_blip2 is set for {blip2_users} but model.blip2_checkpoint_path is not set")
+            raise ConfigError(f"init_from_blip2 is set for {blip2_users} but model.blip2_checkpoint_path is not set",
+                              key="model.blip2_checkpoint_path")
 
 
 def encoder_configs(cfg: RegionBLIPConfig) -> dict[str, Any]:
     """Each encoder's typed Config, validated against its registered class (fails naming the YAML block)."""
-    return {
-        key: config_from_dict(ENCODERS.get(entry.name).Config, entry.params, f"model.encoders.{key}.params")
-        for key, entry in cfg.encoders.items()
-    }
+    configs = {}
+    for key, entry in cfg.encoders.items():
+        where = f"model.encoders.{key}"
+        if entry.name not in ENCODERS:
+            raise ConfigError(f"{where}.name: {_unknown(ENCODERS, entry.name)}", key=f"{where}.name")
+        try:
+            configs[key] = config_from_dict(ENCODERS.get(entry.name).Config, entry.params, f"{where}.params")
+        except ConfigError as e:
+            raise ConfigError(str(e), key=f"{where}.params") from None
+    return configs
+
+
+def without_unused_parts(cfg: RegionBLIPConfig) -> RegionBLIPConfig:
+    """A copy without the encoders and Q-Formers no modality uses (e.g. after `model.modalities.<name>: null`):
+    they are neither built, read nor checkpointed."""
+    encoders = {m.encoder for m in cfg.modalities.values()}
+    qformers = {m.qformer for m in cfg.modalities.values()}
+    return replace(cfg, encoders={k: e for k, e in cfg.encoders.items() if k in encoders},
+                   qformers={k: q for k, q in cfg.qformers.items() if k in qformers})
+
+
+def modality_inputs(cfg: RegionBLIPConfig) -> dict[str, ItemKeys]:
+    """What each modality reads from its items: its encoder's input key and its region kind's geometry length."""
+    return {name: ItemKeys(cfg.encoders[m.encoder].input_key,
+                           REGION_KINDS.get(m.region).dim if m.region is not None else None)
+            for name, m in cfg.modalities.items()}
+
+
+def frozen_parts(cfg: RegionBLIPConfig) -> list[FrozenPart]:
+    """Every frozen part a run uses, with the key naming its weights. `random_init` makes every part random on
+    purpose; a part's `allow_random_weights` that part."""
+    cfg = without_unused_parts(cfg)
+    blip2 = "model.blip2_checkpoint_path" if cfg.blip2_checkpoint_path else None
+    all_random = "model.random_init" if cfg.random_init else None
+    parts = []
+    for key, entry in cfg.encoders.items():
+        where = f"model.encoders.{key}"
+        weights = (f"{where}.params.checkpoint_path" if entry.params.get("checkpoint_path") else
+                   blip2 if entry.init_from_blip2 else None)
+        allowed = f"{where}.allow_random_weights" if entry.allow_random_weights else all_random
+        fix = (f"set {where}.params.checkpoint_path (or {where}.init_from_blip2=true with model.blip2_checkpoint_path),"
+               f" or {where}.allow_random_weights=true to keep it random knowingly")
+        parts.append(FrozenPart(where, None if cfg.random_init else weights, allowed, fix))
+    for key, entry in cfg.qformers.items():
+        if not entry.frozen:
+            continue
+        where = f"model.qformers.{key}"
+        weights = (f"{where}.config.checkpoint_path" if entry.config.checkpoint_path else
+                   blip2 if entry.init_from_blip2 else
+                   f"{where}.config.bert_init_path" if entry.config.bert_init_path else None)
+        allowed = f"{where}.allow_random_weights" if entry.allow_random_weights else all_random
+        fix = (f"set {where}.init_from_blip2=true with model.blip2_checkpoint_path (or {where}.config.checkpoint_path"
+               f" / bert_init_path), set {where}.frozen=false to train it, or {where}.allow_random_weights=true")
+        parts.append(FrozenPart(where, None if cfg.random_init else weights, allowed, fix))
+    parts.append(FrozenPart("model.llm", None if cfg.random_init else "model.llm.path", all_random,
+                            "set model.llm.path"))
+    return parts
 
 
 def without_weights(obj: Any) -> Any:

@@ -16,12 +16,20 @@ from torch import Tensor, nn
 from lavis.common.checkpoint_io import load_into, read_state_dict
 from lavis.common.config_schema import ConfigError
 from lavis.common.registry import ENCODERS, MODELS
+from lavis.datasets.base import ItemKeys
 from lavis.models import lora
-from lavis.models.base import BaseModel, ModelOutput
+from lavis.models.base import BaseModel, FrozenPart, ModelOutput
 from lavis.models.llm import LLMFamily, build_llm
 from lavis.models.qformer import QFormer, build_qformer_tokenizer
+from lavis.models.regionblip import config as regionblip_config
 from lavis.models.regionblip import losses as L
-from lavis.models.regionblip.config import RegionBLIPConfig, validate, without_weights
+from lavis.models.regionblip.config import (
+    RegionBLIPConfig,
+    encoder_configs,
+    validate,
+    without_unused_parts,
+    without_weights,
+)
 from lavis.models.regionblip.heads import ItcTextHead, ModalityHeads
 from lavis.models.regionblip.region import region_dim
 from lavis.models.regionblip.text import RegionTextTokenizer
@@ -116,8 +124,26 @@ class RegionBLIP(BaseModel):
         )
 
     @classmethod
+    def check_config(cls, cfg: RegionBLIPConfig) -> None:
+        validate(cfg)
+
+    @classmethod
+    def modality_inputs(cls, cfg: RegionBLIPConfig) -> dict[str, ItemKeys]:
+        return regionblip_config.modality_inputs(cfg)
+
+    @classmethod
+    def frozen_parts(cls, cfg: RegionBLIPConfig) -> list[FrozenPart]:
+        return regionblip_config.frozen_parts(cfg)
+
+    @classmethod
     def from_config(cls, cfg: RegionBLIPConfig) -> RegionBLIP:
-        encoder_cfgs = validate(cfg)  # every nested block, before any weight is read
+        validate(cfg)  # every nested block, before any weight is read
+        used = without_unused_parts(cfg)  # e.g. the encoder of a removed modality: not built, not checkpointed
+        dropped = [f"encoders.{k}" for k in cfg.encoders if k not in used.encoders]
+        dropped += [f"qformers.{k}" for k in cfg.qformers if k not in used.qformers]
+        if dropped:
+            log.info("not built, as no modality uses them: %s", dropped)
+        cfg, encoder_cfgs = used, encoder_configs(used)
         if cfg.random_init:  # keep init_from_blip2 flags: they decide what is frozen, as in the real run
             cfg, encoder_cfgs = without_weights(cfg), without_weights(encoder_cfgs)
         blip2_state = read_state_dict(cfg.blip2_checkpoint_path) if cfg.blip2_checkpoint_path else None
