@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 import lavis  # noqa: F401  (registers the built-in models, region kinds and datasets)
+from lavis.common import captioner as caption  # the input processing tools/caption.py uses
 from lavis.common.config import load_config
 from lavis.common.config_schema import ConfigError
 from lavis.common.registry import REGION_KINDS
@@ -33,7 +34,6 @@ from tests.conftest import REPO
 from tests.datasets.test_point_datasets import scanrefer_builder, write_scanrefer
 from tests.datasets.test_point_shards import shard_builder
 from tests.test_paper_configs import weights  # noqa: F401  (fixture: stand-in weight paths)
-from tools import caption
 from tools import write_region_shards as shards_tool
 
 KIT = Path("/work/shared/reference/inputs.pt")
