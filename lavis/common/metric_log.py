@@ -32,11 +32,10 @@ PROGRESS_EVERY_S = 30.0  # seconds between the plain lines of a progress report 
 
 def setup_logging(info: DistInfo, output_dir: Path | None, kind: str = "train") -> None:
     """Configure the root logger for this rank (see the module docstring); `kind` names the log file
-    (`train`, `eval`). The first call for a log file states the world (size, backend, devices) in it."""
+    (`train`, `eval`). Each set-up states the world (size, backend, devices) in its log."""
     rank = info.rank
     fmt = logging.Formatter(f"%(asctime)s [rank{rank}] %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
     root = logging.getLogger()
-    previous = {getattr(h, "baseFilename", None) for h in root.handlers}
     for handler in root.handlers:
         if isinstance(handler, logging.FileHandler):  # a previous set-up's log file
             handler.close()
@@ -46,7 +45,6 @@ def setup_logging(info: DistInfo, output_dir: Path | None, kind: str = "train") 
     console.setFormatter(fmt)
     console.setLevel(logging.INFO if rank == 0 else logging.ERROR)
     root.addHandler(console)
-    log_file = None
     if output_dir is not None:
         output_dir.mkdir(parents=True, exist_ok=True)
         log_file = output_dir / f"{kind}_rank{rank}.log"
@@ -55,8 +53,7 @@ def setup_logging(info: DistInfo, output_dir: Path | None, kind: str = "train") 
         root.addHandler(file_handler)
     logging.captureWarnings(True)  # warnings.warn -> the "py.warnings" logger -> the handlers above
     _route_transformers_logs(progress_bars=rank == 0 and sys.stderr.isatty())
-    if log_file is None or os.path.abspath(log_file) not in previous:  # the evaluator sets up twice: one line
-        log.info("%s", describe_world(info))
+    log.info("%s", describe_world(info))
 
 
 def _route_transformers_logs(progress_bars: bool) -> None:

@@ -28,7 +28,6 @@ those of the same checkpoint and config are overwritten in place.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -42,14 +41,15 @@ from omegaconf import OmegaConf
 
 from lavis.common import dist as dist_utils
 from lavis.common.caption_metrics import coverage, format_table, incomplete_note
-from lavis.common.checkpoint import checkpoint_digest, load_checkpoint
+from lavis.common.checkpoint import checkpoint_digest
 from lavis.common.config import ResolvedConfig
 from lavis.common.gallery import GALLERY_DIR
-from lavis.common.metric_log import progress, setup_logging
+from lavis.common.metric_log import progress
+from lavis.common.preflight import Preflight
 from lavis.common.registry import TASKS
 from lavis.datasets.loaders import build_eval_loader, move_to
 from lavis.runners.runner import BadDataError
-from lavis.runners.setup import autocast, autocast_dtype, hold_output_dir, resolve_load_path, set_up_run
+from lavis.runners.setup import autocast, autocast_dtype, set_up_run
 
 log = logging.getLogger("lavis.evaluator")
 
@@ -60,15 +60,14 @@ SUPERSEDED_DIR = "superseded"
 RESULT_SUFFIXES = ("_metrics.json", "_captions.json", "_bad_samples.jsonl", "_vqa_results.json", "_predictions.json")
 
 
-def eval_provenance(cfg: ResolvedConfig) -> dict[str, Any]:
-    """What this run's results score: the checkpoint (path, training step, SHA-256; null fields for a model without
-    one) and the SHA-256 of the resolved model config as canonical JSON."""
+def eval_provenance(cfg: ResolvedConfig, load_path: Optional[Path], load_state: Optional[dict]) -> dict[str, Any]:
+    """What this run's results score: the checkpoint whose tensors the model loads (path, training step, SHA-256;
+    null fields for a model without one) and the SHA-256 of the resolved model config as canonical JSON."""
     checkpoint: dict[str, Any] = {"path": None, "step": None, "sha256": None}
-    if cfg.run.load_ckpt_path:
-        path = resolve_load_path(cfg.run.load_ckpt_path)
-        position = load_checkpoint(path).get("position") or {}  # a converted release checkpoint has none
-        checkpoint = {"path": str(path.resolve()), "step": position.get("global_step"),
-                      "sha256": checkpoint_digest(path)}
+    if load_path is not None:
+        position = load_state.get("position") or {}  # a converted release checkpoint has none
+        checkpoint = {"path": str(load_path.resolve()), "step": position.get("global_step"),
+                      "sha256": checkpoint_digest(load_path)}
     model = json.dumps(OmegaConf.to_container(cfg.yaml.model, resolve=True), sort_keys=True)
     return {"checkpoint": checkpoint, "config_sha256": hashlib.sha256(model.encode()).hexdigest()}
 
@@ -137,43 +136,30 @@ class Evaluator:
         eval_sets = [name for name, ds in cfg.datasets.items() if ds.eval_split]
         if not eval_sets:
             raise ValueError(f"{cfg_path}: no dataset sets eval_split; nothing to evaluate")
-        self.cfg, self.provenance = self._claim_output_dir(cfg)
-        setup = set_up_run(self.cfg, cfg_path, config_name=EVAL_CONFIG_NAME)
+        self.cfg, self.provenance = cfg, None  # the provenance: rank 0's, set by _claim_output_dir
+        setup = set_up_run(cfg, cfg_path, config_name=EVAL_CONFIG_NAME, before_build=self._claim_output_dir)
         self.dist, self.output_dir = setup.dist, setup.output_dir
         self.builders, self.model = setup.builders, setup.model
         self.amp_dtype = autocast_dtype(self.dist.device, cfg.run.amp.value)
         self.eval_sets = eval_sets
 
-    @staticmethod
-    def _claim_output_dir(cfg: ResolvedConfig) -> tuple[ResolvedConfig, Optional[dict]]:
-        """Before any weight is read: hold run.output_dir (its run lock, so no running evaluation's files move),
-        record what this run scores and set aside the results of another checkpoint or config. Rank 0 does the
-        work; every rank raises its error, if any. Returns the config with run.load_ckpt_path resolved to the file
-        whose digest was taken (a run directory could gain a newer checkpoint before the model loads it) and the
-        provenance (rank 0; None elsewhere)."""
-        info = dist_utils.init_distributed(cfg.run.device.value, cfg.run.dist_timeout_s)
-        output_dir = Path(cfg.run.output_dir)
-        if info.is_main:
-            output_dir.mkdir(parents=True, exist_ok=True)
-        hold_output_dir(output_dir, info)
-        setup_logging(info, output_dir, "eval")
-        provenance, error = None, None
+    def _claim_output_dir(self, checked: Preflight, info: dist_utils.DistInfo, output_dir: Path) -> None:
+        """set_up_run's hook, once the folder is held and preflight has read the checkpoint, before anything else is
+        written there or the model is built: record what this run scores and set aside the results of another
+        checkpoint or config. Rank 0 does the work; every rank raises its error, if any."""
+        error = None
         if info.is_main:
             try:
-                provenance = eval_provenance(cfg)
-                warning = set_aside_superseded(output_dir, provenance)
+                self.provenance = eval_provenance(self.cfg, checked.load_path, checked.load_state)
+                warning = set_aside_superseded(output_dir, self.provenance)
                 if warning:
                     log.warning("%s", warning)
-                (output_dir / PROVENANCE_FILE).write_text(json.dumps({"provenance": provenance}, indent=1))
+                (output_dir / PROVENANCE_FILE).write_text(json.dumps({"provenance": self.provenance}, indent=1))
             except Exception as e:  # noqa: BLE001 - re-raised on every rank below
                 error = e
-        error, path = dist_utils.all_gather_objects(
-            (error, provenance and provenance["checkpoint"]["path"]) if info.is_main else None)[0]
+        error = dist_utils.all_gather_objects(error)[0]
         if error is not None:
             raise error
-        if path is not None:
-            cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, load_ckpt_path=path))
-        return cfg, provenance
 
     def evaluate(self) -> dict[str, dict[str, Any]]:
         self.model.eval()

@@ -7,7 +7,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional
 
 import torch
 from omegaconf import OmegaConf
@@ -22,7 +22,7 @@ from lavis.common.compile import apply_run_compile
 from lavis.common.config import ResolvedConfig, RunConfig, save_config, with_source
 from lavis.common.config_schema import ConfigError
 from lavis.common.metric_log import setup_logging
-from lavis.common.preflight import preflight
+from lavis.common.preflight import Preflight, preflight
 from lavis.common.registry import MODELS
 from lavis.common.run_lock import acquire_run_lock
 from lavis.common.watchdog import start_watchdog
@@ -56,16 +56,6 @@ def log_parameters(model: torch.nn.Module) -> None:
     total_t = sum(c[0] for c in counts.values())
     total_f = sum(c[1] for c in counts.values())
     log.info("parameters %-28s trainable %12s  frozen %14s", "TOTAL", f"{total_t:,}", f"{total_f:,}")
-
-
-def resolve_load_path(path: str) -> Path:
-    """A checkpoint file, or a training run directory: its latest checkpoint (what an eval config names)."""
-    if not Path(path).is_dir():
-        return Path(path)
-    found = latest_checkpoint(path)
-    if found is None:
-        raise FileNotFoundError(f"run.load_ckpt_path: {path} is a folder without checkpoint_*.pth files")
-    return found
 
 
 def choose_resume_checkpoint(run: RunConfig, output_dir: Path, info: dist_utils.DistInfo) -> Path | None:
@@ -123,8 +113,11 @@ def hold_output_dir(output_dir: Path, info: dist_utils.DistInfo) -> str | None:
 
 
 def set_up_run(
-    cfg: ResolvedConfig, cfg_path: str, config_name: str = "config.yaml", training: bool = False
+    cfg: ResolvedConfig, cfg_path: str, config_name: str = "config.yaml", training: bool = False,
+    before_build: Optional[Callable[[Preflight, dist_utils.DistInfo, Path], None]] = None,
 ) -> RunSetup:
+    """`before_build` runs on every rank once the folder is held and preflight passed, before anything else is
+    written to the folder and before the model is built (the evaluator records what it scores there)."""
     run = cfg.run
     info = dist_utils.init_distributed(run.device.value, run.dist_timeout_s)
     output_dir = Path(run.output_dir)
@@ -139,6 +132,8 @@ def set_up_run(
     resume_from = with_source(choose_resume_checkpoint, cfg.source_of)(run, output_dir, info) if training else None
     checked = preflight(cfg, training, resume_from)  # data, datasets vs modalities, checkpoints: before any weight
     builders = checked.builders
+    if before_build is not None:
+        before_build(checked, info, output_dir)
     if info.is_main:
         log.info("resolved config:\n%s", OmegaConf.to_yaml(cfg.yaml))
         save_config(cfg, output_dir / config_name)
