@@ -29,6 +29,7 @@ from lavis.common.checkpoint import (
     restore_rng_state,
     save_atomic,
 )
+from lavis.common.checkpoint_compat import Purpose, check_settings, config_differences
 from lavis.common.config import ResolvedConfig
 from lavis.common.metric_log import MetricSink, MetricWindow, Progress, peak_memory_mb, progress
 from lavis.common.optim import build_optimizer, set_lr
@@ -85,13 +86,6 @@ def sync_gradients(params: list[torch.nn.Parameter], world_size: int) -> None:
     flat /= world_size
     for p, g in zip(active, _unflatten_dense_tensors(flat, grads)):
         p.grad = g
-
-
-def config_differences(old: Any, new: Any, prefix: str) -> list[str]:
-    """Dotted keys whose values differ between two plain config trees (lavis/common/checkpoint_compat.py)."""
-    from lavis.common import checkpoint_compat
-
-    return checkpoint_compat.config_differences(old, new, prefix)
 
 
 @RUNNERS.register("epoch_runner")
@@ -249,9 +243,7 @@ class EpochRunner:
     def _check_same_model_config(self, saved: dict[str, Any], path: Path) -> None:
         """set_up_run's preflight compared the whole checkpoint config (weights included) and warned of allowed
         changes already; this guards the settings again, quietly, for the tensors actually loaded."""
-        from lavis.common import checkpoint_compat
-
-        checkpoint_compat.check_settings(saved, self.cfg, path, checkpoint_compat.Purpose.resume, warn=False)
+        check_settings(saved, self.cfg, path, Purpose.resume, warn=False)
 
     def save_checkpoint(self) -> Path:
         self._read_skipped_steps()  # the count in the checkpoint includes every step taken so far
