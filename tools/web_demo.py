@@ -18,7 +18,7 @@ import argparse
 import os
 from argparse import Namespace
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -208,14 +208,23 @@ class WebDemo:
             box = None  # a half-typed box: show the image until the fields are complete
         return draw_box(load_rgb_image(path), box)
 
-    def caption_image(self, path: Optional[str], modality: str, beams: float, max_len: float, *values):
+    def caption_fields(self, path: Optional[str], upload: str, what: str, count: int, values: tuple,
+                       request: Callable[[Path, Optional[list[float]]], Namespace], modality: str, beams: float,
+                       max_len: float) -> tuple[str, str]:
+        """Either tab's Caption button: the upload (`upload` names it when missing) and its box fields, checked,
+        then `request(path, box)` captioned."""
         if not path:
-            return "", "Upload an image first."
+            return "", f"Upload {upload} first."
         try:
-            box = box_values(list(values), "box", 4)
+            box = box_values(list(values), what, count)
         except ValueError as e:
             return "", str(e)
-        return self.caption(modality, Namespace(image=Path(path), box=box, points=None, box3d=None), beams, max_len)
+        return self.caption(modality, request(Path(path), box), beams, max_len)
+
+    def caption_image(self, path: Optional[str], modality: str, beams: float, max_len: float, *values):
+        return self.caption_fields(path, "an image", "box", 4, values,
+                                   lambda p, box: Namespace(image=p, box=box, points=None, box3d=None),
+                                   modality, beams, max_len)
 
     # point-cloud tab
     def load_cloud(self, path: Optional[str]):
@@ -240,13 +249,9 @@ class WebDemo:
         return cloud_figure(read_cloud(path), box)
 
     def caption_cloud(self, path: Optional[str], modality: str, beams: float, max_len: float, *values):
-        if not path:
-            return "", "Upload a point cloud first."
-        try:
-            box = box_values(list(values), "3D box", 6)
-        except ValueError as e:
-            return "", str(e)
-        return self.caption(modality, Namespace(image=None, box=None, points=Path(path), box3d=box), beams, max_len)
+        return self.caption_fields(path, "a point cloud", "3D box", 6, values,
+                                   lambda p, box: Namespace(image=None, box=None, points=p, box3d=box),
+                                   modality, beams, max_len)
 
     def generation_controls(self, prefix: str) -> tuple[gr.Slider, gr.Slider]:
         beams = gr.Slider(1, 10, value=self.generation.num_beams, step=1, label="beams", elem_id=f"{prefix}-beams")
