@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,13 @@ def toy_run_config(tmp_path: Path, **run_overrides) -> dict:
         },
         "run": run,
     }
+
+
+def free_port() -> int:
+    """A TCP port free on this host now (for a server a test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def write_yaml(path: Path, data: dict) -> Path:

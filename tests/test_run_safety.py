@@ -25,7 +25,7 @@ from lavis.common.checkpoint import (
 from lavis.common.config_schema import ConfigError
 from lavis.common.optim import linear_warmup_cosine
 from lavis.common.preemption import PREEMPTED_EXIT_CODE, Preempted
-from tests.conftest import REPO, toy_run_config, write_yaml
+from tests.conftest import REPO, free_port, toy_run_config, write_yaml
 from tests.test_training import make_runner, read_log
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
@@ -342,12 +342,6 @@ def test_a_stopped_rank_fails_the_job_within_the_hang_timeout_naming_it(tmp_path
 
 
 # ---- Slurm -------------------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_the_sbatch_script_requeues_and_checkpoints_on_slurms_warning_signal(tmp_path):
     """train_slurm.sbatch under stand-ins for srun and scontrol: Slurm's USR1 (--signal=B:USR1@180) makes the
     script requeue the job and stop training with a checkpoint; the requeued job's command resumes it."""
