@@ -240,7 +240,7 @@ def test_vqa_accuracy_of_the_generated_answers(tmp_path, assets):
     for batch in loader:
         if batch["sample_ids"]:
             prompts = [f"Question: {q} Short answer:" for q in batch["question"]]
-            answers = model.generate(batch, prompts=prompts, num_beams=2, max_new_tokens=4, min_new_tokens=1,
+            answers = model.generate(batch, instructions=prompts, num_beams=2, max_new_tokens=4, min_new_tokens=1,
                                      length_penalty=-1.0)
             by_hand.update(zip(batch["question_id"], answers))
     assert {r["question_id"]: r["answer"] for r in results} == by_hand
@@ -252,9 +252,9 @@ def test_vqa_right_answers_score_one(tmp_path, assets, monkeypatch):
     agree = {qid: len(set(answers)) == 1 for qid, _, _, answers, _ in QUESTIONS}
     questions = {qid: q for qid, _, q, _, _ in QUESTIONS}
 
-    def generate(self, batch, prompts=None, **overrides):
+    def generate(self, batch, instructions=None, **overrides):
         calls.append(overrides)
-        assert prompts == [f"Question: {questions[qid]} Short answer:" for qid in batch["question_id"]]
+        assert instructions == [f"Question: {questions[qid]} Short answer:" for qid in batch["question_id"]]
         # as in the official script, only whitespace is cleaned when all ten answers agree, else answers are
         # normalised
         return [f" {right[qid]}\n" if agree[qid] else right[qid].upper() + "." for qid in batch["question_id"]]
@@ -274,7 +274,7 @@ def test_vqa_answer_normalization_is_the_entrys(tmp_path, assets, monkeypatch, r
     named "clean" rule does (1); the metrics file records which rule scored."""
     agree = {qid: len(set(answers)) == 1 for qid, _, _, answers, _ in QUESTIONS}
     right = {qid: answers[0] for qid, _, _, answers, _ in QUESTIONS}
-    monkeypatch.setattr(RegionBLIP, "generate", lambda self, batch, prompts=None, **kw: [
+    monkeypatch.setattr(RegionBLIP, "generate", lambda self, batch, instructions=None, **kw: [
         right[qid].capitalize() + "." for qid in batch["question_id"]])
     cfg_path = vqa_config(tmp_path, assets, f"vqa_{rule}")
     evaluate_main(["--cfg-path", str(cfg_path), "--options", f"datasets.vqa.answer_normalization={rule}"])
@@ -318,12 +318,12 @@ def test_per_sample_prompts_equal_one_sample_at_a_time(assets, family):
         for p in model.llm.parameters():
             p.add_(torch.randn_like(p) * 0.5)
     batch = make_batch(model, "image", n=3)
-    assert model.generate(batch, prompts=["a photo of"] * 3) == model.generate(batch)
+    assert model.generate(batch, instructions=["a photo of"] * 3) == model.generate(batch)
     prompts = ["a", "the dog on the left of the sofa", "a photo of a red car"]
-    together = model.generate(batch, prompts=prompts)
+    together = model.generate(batch, instructions=prompts)
     alone = [model.generate({k: v[i:i + 1] if torch.is_tensor(v) else v for k, v in batch.items()},
-                            prompts=prompts[i:i + 1])[0] for i in range(3)]
+                            instructions=prompts[i:i + 1])[0] for i in range(3)]
     assert together == alone
-    assert together != model.generate(batch, prompts=["the lamp on the desk near the window"] * 3)
-    with pytest.raises(ValueError, match="2 prompts for a batch of 3"):
-        model.generate(batch, prompts=prompts[:2])
+    assert together != model.generate(batch, instructions=["the lamp on the desk near the window"] * 3)
+    with pytest.raises(ValueError, match="2 instructions for a batch of 3"):
+        model.generate(batch, instructions=prompts[:2])

@@ -260,10 +260,16 @@ def _texts(model: RegionBLIP, texts: list[str], modality: str) -> dict[str, torc
 
 def reference_batch(model: RegionBLIP, ref: dict, modality: str) -> dict[str, Any]:
     """The tensors the reference fed its model, in our batch keys; its OPT ids start with the prompt's </s>, which
-    our model holds as the prompt."""
-    batch = {"modality": modality,
+    our layout keeps as the first target (bos_target_with_empty_prompt) or in the prompt."""
+    tokenizer = model.text_tokenizer
+    template = model.instruction_template(modality)
+    size = ref["opt_input_ids"].shape[0]
+    prompt, has_text = tokenizer.layout([template] * size, [template.count(model.cfg.region_token)] * size,
+                                        bos_in_prompt=not tokenizer.bos_target)
+    start = 0 if tokenizer.bos_target and not has_text[0] else 1
+    batch = {"modality": modality, **prompt,
              "qformer_text_ids": ref["qformer_input_ids"], "qformer_text_mask": ref["qformer_attention_mask"],
-             "llm_target_ids": ref["opt_input_ids"][:, 1:], "llm_target_mask": ref["opt_attention_mask"][:, 1:]}
+             "llm_target_ids": ref["opt_input_ids"][:, start:], "llm_target_mask": ref["opt_attention_mask"][:, start:]}
     if modality.startswith("image"):
         batch["image"] = ref["image"]
     if modality == "image_region":
@@ -354,9 +360,8 @@ def run_modality(model: RegionBLIP, batch: dict, ref_out: dict) -> dict[str, Any
     got["loss"] = sum(weights[t] * v for t, v in losses.items())
     if heads.reg_head is not None:
         got["reg_pred"] = heads.reg_head(feats.query_outputs.mean(dim=1))
-    got["llm_labels"] = model.llm.sequence_labels(feats.query_outputs.shape[1], heads.prompt_ids,
-                                                  batch["llm_target_ids"], batch["llm_target_mask"],
-                                                  model.prompt_is_target(name))
+    prefix, _ = model.llm_inputs(name, feats, batch)
+    got["llm_labels"] = model.llm.sequence_labels(prefix.shape[1], batch["llm_target_ids"], batch["llm_target_mask"])
     got["generated_ids"] = model.generate_ids(batch)
     return got
 

@@ -68,6 +68,7 @@ def _checks(cfg: ResolvedConfig, training: bool, resume_from: Optional[Path]) ->
     builders = build_builders(cfg)
     check_dataset_paths(cfg, builders, cfg.cfg_path)
     check_item_keys(cfg, builders)
+    check_task_prompts(cfg)
     found = Preflight(builders)
     checkpoints: list[tuple[Path, Optional[dict], Purpose]] = []
     if cfg.run.load_ckpt_path:
@@ -146,6 +147,22 @@ def check_item_keys(cfg: ResolvedConfig, builders: dict[str, Any]) -> None:
             if wanted.geometry_dim is not None and has.geometry_dim != wanted.geometry_dim:
                 raise ConfigError(_geometry_mismatch(cfg, name, ds.modality, split, has.geometry_dim,
                                                      wanted.geometry_dim), key=f"model.modalities.{ds.modality}")
+
+
+def check_task_prompts(cfg: ResolvedConfig) -> None:
+    """Each dataset's `task_prompt` names one of model.task_prompts that fits its modality (a model that declares
+    instruction templates: `dataset_instruction`)."""
+    template_of = getattr(MODELS.get(cfg.model_arch), "dataset_instruction", None)
+    if template_of is None:
+        return
+    for name, ds in cfg.datasets.items():
+        if getattr(ds, "task_prompt", None) is None:
+            continue
+        key = f"datasets.{name}.task_prompt"
+        try:
+            template_of(cfg.model, ds.modality, ds.task_prompt)
+        except ConfigError as e:
+            raise ConfigError(f"{cfg.source_of(key)}: {key}: {e}", key=key) from None
 
 
 def _geometry_mismatch(cfg: ResolvedConfig, name: str, modality: str, split: str, has: Optional[int],

@@ -5,7 +5,12 @@ A dataset item is a dict:
     text_input      str, the caption (already cleaned by the text processor)
     image           float Tensor [3, H, W], normalised         (image modalities)
     points          float Tensor [N, 3 or 6], xyz (+ rgb)       (point-cloud modalities)
-    region_geometry float Tensor [D], normalised coordinates   (region modalities; D set by the region kind)
+    region_geometry float Tensor [K, D] (or [D]: K = 1), the sample's K regions in placeholder order, normalised
+                    coordinates (region modalities; D set by the region kind)
+    region_mask     bool Tensor [K, H, W] over the processed pixels, or [K, N] over the processed points (region
+                    kinds with a mask: regions of any shape)
+    instruction     str, the LLM input before the answer, one model.region_token per region (instruction datasets;
+                    other items get their dataset's template from the collate)
     image_id        int or str, the id in the ground-truth file (evaluation splits)
 The modality of a dataset comes from its YAML entry (`datasets.<name>.modality`), never from the item.
 
@@ -79,6 +84,9 @@ class DatasetConfig:
     # The region kind the items' region_geometry follows (e.g. the 3D corner layout). None: the modality's
     # (model.modalities.<modality>.region), filled in by load_config; a different value is refused there.
     region_kind: Optional[str] = None
+    # The instruction of items that bring none (caption datasets): a key of model.task_prompts (RegionGPT's
+    # task-guided prompts, e.g. brief_caption, detailed_description). None: the modality's prompt / prefix.
+    task_prompt: Optional[str] = None
     # Frozen-encoder feature cache (lavis/datasets/feature_cache.py): items carry `encoder_tokens` read from here
     # instead of the encoder's input; fill it with tools/precompute_features.py. Needs deterministic processors.
     feature_cache_dir: Optional[str] = None

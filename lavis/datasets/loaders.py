@@ -99,13 +99,17 @@ class Collator:
 
     The batch keeps `skipped`: the (dataset, sample id, reason) of bad samples dropped from it, so the runner can
     count and report them (workers live in other processes; this is how the report reaches the main one).
+    Regions: every sample's `region_geometry` rows (and `region_mask`) are concatenated, sample after sample, into
+    [R, ...] with `region_sample` [R] (each region's sample) and `region_counts` (a list: per sample). `instruction`
+    is each item's own, or the dataset's template (`instruction`) for items without one.
     `pin_memory` stacks the tensors straight into page-locked memory (for a collate in the main process, where no
     DataLoader pin thread follows it; needs CUDA).
     """
 
     modality: str
-    text_tokenizer: Callable[[list[str], str], dict[str, torch.Tensor]] | None
+    text_tokenizer: Callable[..., dict[str, torch.Tensor]] | None
     pin_memory: bool = False
+    instruction: str | None = None  # the template of items without their own `instruction`
 
     def __call__(self, items: list) -> dict[str, Any]:
         good = [it for it in items if not isinstance(it, SkippedSample)]
@@ -115,15 +119,32 @@ class Collator:
             "sample_ids": [str(it["sample_id"]) for it in good],
         }
         for key in good[0].keys() if good else ():
-            if key == "sample_id":
+            if key in ("sample_id", "region_geometry", "region_mask", "instruction"):
                 continue
             values = [it[key] for it in good]
             batch[key] = self._stack(values) if isinstance(values[0], torch.Tensor) else values
+        if good and "region_geometry" in good[0]:
+            self._regions(good, batch)
+        if good and (self.instruction is not None or "instruction" in good[0]):
+            batch["instruction"] = [it.get("instruction", self.instruction) for it in good]
         if good and self.text_tokenizer is not None and "text_input" in batch:
-            tokens = self.text_tokenizer(batch["text_input"], self.modality)
+            # a plugin's tokenizer may take (texts, modality) only: instructions come with instruction datasets or
+            # a model that names templates (RegionBLIP's instruction_template)
+            extra = (batch["instruction"], batch.get("region_counts")) if "instruction" in batch else ()
+            tokens = self.text_tokenizer(batch["text_input"], self.modality, *extra)
             batch.update({k: v.pin_memory() if self.pin_memory and isinstance(v, torch.Tensor) else v
                           for k, v in tokens.items()})
         return batch
+
+    def _regions(self, items: list, batch: dict[str, Any]) -> None:
+        geometry = [it["region_geometry"] for it in items]
+        geometry = [g.unsqueeze(0) if g.dim() == 1 else g for g in geometry]  # [D]: one region
+        counts = [len(g) for g in geometry]
+        batch["region_counts"] = counts
+        batch["region_geometry"] = self._cat(geometry)
+        batch["region_sample"] = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+        if "region_mask" in items[0]:
+            batch["region_mask"] = self._cat([it["region_mask"] for it in items])
 
     def _stack(self, values: list[torch.Tensor]) -> torch.Tensor:
         if not self.pin_memory:
@@ -131,6 +152,20 @@ class Collator:
         # the stack's one copy lands in pinned memory (from the CUDA host allocator's cache), not a second copy
         out = torch.empty((len(values), *values[0].shape), dtype=values[0].dtype, pin_memory=True)
         return torch.stack(values, out=out)
+
+    def _cat(self, values: list[torch.Tensor]) -> torch.Tensor:
+        if not self.pin_memory:
+            return torch.cat(values)
+        out = torch.empty((sum(len(v) for v in values), *values[0].shape[1:]), dtype=values[0].dtype,
+                          pin_memory=True)
+        return torch.cat(values, out=out)
+
+
+def dataset_instruction(model: Any, ds_cfg: Any) -> str | None:
+    """The instruction of a dataset's items that bring none: the model's template for the dataset's modality and
+    task prompt (RegionBLIP's `instruction_template`), or None for a model without instructions."""
+    template = getattr(model, "instruction_template", None)
+    return template(ds_cfg.modality, getattr(ds_cfg, "task_prompt", None)) if template is not None else None
 
 
 def batch_size_of(batch: dict[str, Any]) -> int:
@@ -206,7 +241,7 @@ class StreamingTrainStream:
 
 def build_streaming_train_stream(
     name: str, dataset: IterableDataset, *, modality: str, batch_size: int, repeat: int, num_workers: int,
-    text_tokenizer, pin_memory: bool = False,
+    text_tokenizer, pin_memory: bool = False, instruction: str | None = None,
 ) -> StreamingTrainStream:
     """Items from the workers, batches cut and collated in the main process. Of the map-style loader's settings,
     `pin_memory` applies to the collate (the loader's pin thread would pin single items, which the main process then
@@ -236,7 +271,7 @@ def build_streaming_train_stream(
         persistent_workers=False,
     )
     return StreamingTrainStream(name, modality, loader, dataset, batch_size, items,
-                                Collator(modality, text_tokenizer, pin_memory=pin_memory))
+                                Collator(modality, text_tokenizer, pin_memory=pin_memory, instruction=instruction))
 
 
 def build_train_stream(
@@ -252,12 +287,13 @@ def build_train_stream(
     num_workers: int,
     text_tokenizer,
     pin_memory: bool,
+    instruction: str | None = None,
 ) -> TrainStream | StreamingTrainStream:
     """A map-style dataset gets the epoch sampler; an IterableDataset streams (see `StreamingTrainStream`)."""
     if isinstance(dataset, IterableDataset):
         return build_streaming_train_stream(name, dataset, modality=modality, batch_size=batch_size, repeat=repeat,
                                             num_workers=num_workers, text_tokenizer=text_tokenizer,
-                                            pin_memory=pin_memory)
+                                            pin_memory=pin_memory, instruction=instruction)
     sampler = ShardedEpochSampler(
         len(dataset), repeat=repeat, rank=rank, world_size=world_size, seed=seed, name=name, shuffle=True
     )
@@ -266,7 +302,7 @@ def build_train_stream(
         batch_size=batch_size,
         sampler=sampler,
         num_workers=num_workers,
-        collate_fn=Collator(modality, text_tokenizer),
+        collate_fn=Collator(modality, text_tokenizer, instruction=instruction),
         worker_init_fn=ignore_stop_signals,  # the main process stops on SIGTERM / Ctrl-C after a checkpoint
         pin_memory=pin_memory,
         # Workers survive epochs: the sampler runs in the main process (each new iterator re-reads its epoch and
@@ -313,7 +349,7 @@ class EvalSampler(Sampler):
 
 
 def build_eval_loader(name: str, dataset: Dataset, *, modality: str, batch_size: int, rank: int, world_size: int,
-                      seed: int, num_workers: int) -> DataLoader:
+                      seed: int, num_workers: int, instruction: str | None = None) -> DataLoader:
     sampler = EvalSampler(len(dataset), rank=rank, world_size=world_size, seed=seed, name=name)
     return DataLoader(SeededItems(dataset, name), batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      collate_fn=Collator(modality, text_tokenizer=None))
+                      collate_fn=Collator(modality, text_tokenizer=None, instruction=instruction))

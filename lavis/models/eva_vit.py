@@ -139,3 +139,17 @@ class EvaViT(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.ln_vision(self.visual_encoder.forward_features(images))
+
+    def region_token_mask(self, images: torch.Tensor, region_mask: torch.Tensor,
+                          region_sample: torch.Tensor) -> torch.Tensor:
+        """Pixel masks [R, H, W] of regions (of images [B, 3, H, W]; `region_sample` [R] names each one's image) ->
+        the tokens [R, 1 + grid] each region's queries may attend to: every patch holding a pixel of the mask, and
+        CLS (the image summary, context for a small region). Any pixel counts, so a non-empty mask always keeps a
+        patch, and a mask over the whole image keeps every token: a box's attention."""
+        patch = self.visual_encoder.patch_embed.patch_size
+        if region_mask.shape[-2:] != images.shape[-2:]:
+            raise ValueError(f"region_mask is {tuple(region_mask.shape[-2:])} pixels but the images are "
+                             f"{tuple(images.shape[-2:])}: masks must be at the processed image's resolution")
+        patches = torch.nn.functional.max_pool2d(region_mask[:, None].float(), kernel_size=patch, stride=patch)
+        cls = torch.ones(region_mask.shape[0], 1, dtype=torch.bool, device=region_mask.device)
+        return torch.cat([cls, patches.flatten(1) > 0], dim=1)

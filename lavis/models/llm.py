@@ -1,10 +1,15 @@
 """The frozen language models behind one interface: OPT (decoder-only) and FlanT5 (encoder-decoder).
 
 Both are the unmodified transformers classes loaded from a local HF directory; each modality gets its own LoRA
-adapter (lavis.models.lora). The soft prompt (projected Q-Former outputs) always comes first:
+adapter (lavis.models.lora). The input before the answer is an instruction whose region placeholders hold the
+regions' soft prompts (projected Q-Former outputs), laid out by lavis.models.prompt_layout, optionally after the
+whole image's soft prompt:
 
-    OPT  input   = [soft prompt | prompt ids (</s> first) | target ids]   causal LM loss on the target ids only
-    T5   encoder = [soft prompt | prefix ids (</s> last)], decoder target = target ids   (prefix LM)
+    OPT  input   = [whole soft prompt? | instruction with slots (</s> after leading slots) | target ids]
+                   causal LM loss on the target ids only
+    T5   encoder = [whole soft prompt? | instruction with slots | </s>], decoder target = target ids  (prefix LM)
+
+RegionBLIP's fixed prompt is the one-placeholder case: [soft prompt | </s> prompt | target] and [soft | prefix </s>].
 """
 
 from __future__ import annotations
@@ -91,59 +96,42 @@ class LanguageModel(nn.Module):
     def _embed(self, ids: Tensor) -> Tensor:
         return self.model.get_input_embeddings()(ids)
 
-    def _inputs(self, soft_prompt: Tensor, prompt_ids: Tensor,
-                prompt_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """[soft prompt | prompt] embeddings and their attention mask. prompt_ids is [1, P] (one prompt for the
-        batch, mask all ones) or [B, P] with prompt_mask [B, P] (per-sample prompts, padded). The ids must already be
-        on the LLM's device (RegionBLIP keeps its fixed prompts there as buffers): moving them here would be a
-        blocking host-to-device copy in every step."""
-        batch = soft_prompt.shape[0]
-        prompt = self._embed(prompt_ids.expand(batch, -1))
-        embeds = torch.cat([soft_prompt.to(prompt.dtype), prompt], dim=1)
-        mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
-        if prompt_mask is not None:
-            mask[:, soft_prompt.shape[1]:] = prompt_mask.to(mask)
+    def prompt_inputs(self, prompt_ids: Tensor, prompt_mask: Tensor, region_slots: Tensor,
+                      region_soft: Optional[Tensor], lead: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        """The LLM's input embeddings and mask before the answer: `lead` [B, Q, D] (the whole image's or scene's soft
+        prompt, when it precedes the text), then the instruction's embeddings [B, P, D] with every region's soft
+        prompt `region_soft` [R, Q, D] written at its slots (`region_slots` [R * Q], flat positions into B * P, as
+        lavis.models.prompt_layout lays them out). One index_copy: no loop per region, no read-back to the host.
+        The ids must already be on the LLM's device (the batch's move does that, off the step's critical path)."""
+        embeds = self._embed(prompt_ids)
+        if region_soft is not None and region_slots.numel():
+            flat = embeds.flatten(0, 1).index_copy(0, region_slots, region_soft.flatten(0, 1).to(embeds.dtype))
+            embeds = flat.view_as(embeds)
+        mask = prompt_mask.to(torch.long)
+        if lead is not None:
+            embeds = torch.cat([lead.to(embeds.dtype), embeds], dim=1)
+            mask = torch.cat([mask.new_ones(lead.shape[:2]), mask], dim=1)
         return embeds, mask
 
-    def tokenize_prompts(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
-        """Per-sample prompts -> ids and mask [B, P], laid out like the fixed prompt (OPT: </s> first, T5: </s>
-        last). OPT pads on the left, so every prompt ends right where generation starts (the padding sits between
-        the soft prompt and the text, masked; OPT's positions follow the mask); T5's encoder is padded on the right."""
-        rows = [self.tokenizer(text).input_ids for text in prompts]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            span = slice(width - len(row), width) if self.family is LLMFamily.opt else slice(0, len(row))
-            ids[i, span], mask[i, span] = torch.tensor(row), 1
-        device = self.model.get_input_embeddings().weight.device  # one copy per generate call, not per step
-        return ids.to(device), mask.to(device)
+    def sequence_labels(self, prefix_len: int, target_ids: Tensor, target_mask: Tensor) -> Tensor:
+        """OPT: the labels of the whole input [B, prefix_len + T] (IGNORE_INDEX where nothing is predicted): the
+        target ids only. The LAVIS layout, the reference's `targets`."""
+        ignored = torch.full((target_ids.shape[0], prefix_len), IGNORE_INDEX, dtype=target_ids.dtype,
+                             device=target_ids.device)
+        return torch.cat([ignored, target_ids.masked_fill(target_mask == 0, IGNORE_INDEX)], dim=1)
 
-    def sequence_labels(self, num_soft: int, prompt_ids: Tensor, target_ids: Tensor, target_mask: Tensor,
-                        prompt_is_target: bool = False) -> Tensor:
-        """OPT: the labels of the whole input [B, num_soft + P + T] (IGNORE_INDEX where nothing is predicted): the
-        target ids, and the prompt ids too when `prompt_is_target`. The LAVIS layout, the reference's `targets`."""
-        batch = target_ids.shape[0]
-        prompt = prompt_ids.expand(batch, -1)
-        ignored = torch.full((batch, num_soft), IGNORE_INDEX, dtype=target_ids.dtype, device=target_ids.device)
-        return torch.cat([ignored, prompt if prompt_is_target else torch.full_like(prompt, IGNORE_INDEX),
-                          target_ids.masked_fill(target_mask == 0, IGNORE_INDEX)], dim=1)
+    def loss(self, embeds: Tensor, mask: Tensor, target_ids: Tensor, target_mask: Tensor) -> Tensor:
+        """Mean next-token cross-entropy over the target tokens (the answer only).
 
-    def loss(self, soft_prompt: Tensor, prompt_ids: Tensor, target_ids: Tensor, target_mask: Tensor,
-             prompt_is_target: bool = False) -> Tensor:
-        """Mean next-token cross-entropy over the target tokens.
-
-        soft_prompt [B, Q, D]; prompt_ids [1, P] (the same for the whole batch); target_ids / target_mask [B, T],
-        right-padded. `prompt_is_target` (OPT): the prompt ids are targets too, the first predicted by the last
-        soft-prompt position (`bos_target_with_empty_prompt`, where the prompt is OPT's </s> alone)."""
-        embeds, mask = self._inputs(soft_prompt, prompt_ids)
+        embeds / mask [B, L, D] / [B, L]: what precedes the answer (`prompt_inputs`); target_ids / target_mask
+        [B, T], right-padded. OPT: input = [embeds | target], the last prefix position predicting the first target
+        token; T5: the prefix is the encoder input and the target the decoder's."""
         if self.family is LLMFamily.opt:
-            labels = self.sequence_labels(soft_prompt.shape[1], prompt_ids, target_ids, target_mask,
-                                          prompt_is_target)[:, soft_prompt.shape[1]:]
+            labels = target_ids.masked_fill(target_mask == 0, IGNORE_INDEX)
             embeds = torch.cat([embeds, self._embed(target_ids)], dim=1)
             mask = torch.cat([mask, target_mask], dim=1)
-            # Logits only where the prompt and target are predicted (from the last soft-prompt position on), not
-            # over the soft prompt: the vocabulary projection is the largest activation of the step.
+            # Logits only where a target is predicted (from the last prefix position on), not over the prefix: the
+            # vocabulary projection is the largest activation of the step.
             out = self.model(
                 inputs_embeds=embeds,
                 attention_mask=self._prepared_mask(mask, causal=True, dtype=embeds.dtype),
@@ -152,12 +140,11 @@ class LanguageModel(nn.Module):
             )
             logits = out.logits[:, :-1]  # position t predicts target token t
             return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
-        else:
-            out = self.model(
-                inputs_embeds=embeds, labels=target_ids.masked_fill(target_mask == 0, IGNORE_INDEX),
-                attention_mask=self._prepared_mask(mask, causal=False, dtype=embeds.dtype),
-                decoder_attention_mask=self._prepared_mask(target_mask, causal=True, dtype=embeds.dtype),
-            )
+        out = self.model(
+            inputs_embeds=embeds, labels=target_ids.masked_fill(target_mask == 0, IGNORE_INDEX),
+            attention_mask=self._prepared_mask(mask, causal=False, dtype=embeds.dtype),
+            decoder_attention_mask=self._prepared_mask(target_mask, causal=True, dtype=embeds.dtype),
+        )
         return out.loss
 
     def _prepared_mask(self, mask: Tensor, causal: bool, dtype: torch.dtype) -> Tensor:
@@ -181,11 +168,9 @@ class LanguageModel(nn.Module):
         return [text.strip() for text in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
     @torch.no_grad()
-    def generate_ids(self, soft_prompt: Tensor, prompt_ids: Tensor, gen: GenerationConfig,
-                     prompt_mask: Tensor | None = None) -> Tensor:
-        """Beam search from the soft prompt (+ prompt / prefix); returns the new token ids [B, L], finished rows
-        padded with the pad id."""
-        embeds, mask = self._inputs(soft_prompt, prompt_ids, prompt_mask)
+    def generate_ids(self, embeds: Tensor, mask: Tensor, gen: GenerationConfig) -> Tensor:
+        """Beam search after `prompt_inputs`' embeddings; returns the new token ids [B, L], finished rows padded with
+        the pad id."""
         return self.model.generate(
             inputs_embeds=embeds,
             attention_mask=mask,

@@ -47,7 +47,7 @@ from lavis.common.gallery import GALLERY_DIR
 from lavis.common.metric_log import progress
 from lavis.common.preflight import Preflight
 from lavis.common.registry import TASKS
-from lavis.datasets.loaders import build_eval_loader, move_to
+from lavis.datasets.loaders import build_eval_loader, dataset_instruction, move_to
 from lavis.runners.runner import BadDataError
 from lavis.runners.setup import autocast, autocast_dtype, set_up_run
 
@@ -180,7 +180,8 @@ class Evaluator:
         dataset = self.builders[name].build(ds_cfg.eval_split)
         loader = build_eval_loader(name, dataset, modality=ds_cfg.modality, batch_size=ds_cfg.batch_size,
                                    rank=self.dist.rank, world_size=self.dist.world_size, seed=self.cfg.run.seed,
-                                   num_workers=self.cfg.run.num_workers)
+                                   num_workers=self.cfg.run.num_workers,
+                                   instruction=dataset_instruction(self.model, ds_cfg))
         if hasattr(self.task, "begin_eval"):
             self.task.begin_eval(self.model, dataset, ds_cfg)
         results, skipped = [], []

@@ -41,6 +41,7 @@ from lavis.datasets.loaders import (
     TrainStream,
     batch_size_of,
     build_train_stream,
+    dataset_instruction,
     derive_seed,
     epoch_plan,
     move_to,
@@ -143,7 +144,7 @@ class EpochRunner:
                 name, dataset, modality=ds_cfg.modality, batch_size=ds_cfg.batch_size, repeat=ds_cfg.repeat,
                 rank=self.dist.rank, world_size=self.dist.world_size, seed=self.run.seed,
                 num_workers=self.run.num_workers, text_tokenizer=getattr(self.model, "text_tokenizer", None),
-                pin_memory=self.device.type == "cuda",
+                pin_memory=self.device.type == "cuda", instruction=dataset_instruction(self.model, ds_cfg),
             ))
             log.info("train data %-20s modality %-18s %7d samples x%d, %d batches/epoch/rank", name,
                      ds_cfg.modality, len(dataset), ds_cfg.repeat, streams[-1].batches_per_epoch)

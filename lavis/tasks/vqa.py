@@ -41,7 +41,7 @@ class VQATask(BaseTask):
     @torch.no_grad()
     def eval_step(self, model: BaseModel, batch: dict[str, Any]) -> list[dict[str, Any]]:
         prompts = [self.prompt.format(question) for question in batch["question"]]
-        answers = model.generate(batch, prompts=prompts, **self.generation)
+        answers = model.generate(batch, instructions=prompts, **self.generation)
         return [{"question_id": qid, "answer": answer} for qid, answer in zip(batch["question_id"], answers)]
 
     def finish_eval(self, results: list[dict[str, Any]], dataset, ds_cfg, stem: Path) -> dict[str, Any]:

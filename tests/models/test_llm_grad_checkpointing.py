@@ -37,7 +37,10 @@ def _loss_and_grads(family: str, path, checkpointing: bool):
     target_mask = torch.tensor([[1] * 6, [1] * 4 + [0] * 2])
     lora.set_active_adapter(lm.model, "b")  # what is active outside the modality's scope, and during backward
     with lora.active_adapter(lm.model, "a"):
-        loss = lm.loss(soft_prompt, prompt_ids, target_ids, target_mask)
+        prompt_ids = prompt_ids.expand(2, -1)
+        embeds, mask = lm.prompt_inputs(prompt_ids, torch.ones_like(prompt_ids), torch.zeros(0, dtype=torch.long),
+                                        None, lead=soft_prompt)
+        loss = lm.loss(embeds, mask, target_ids, target_mask)
     loss.backward()
     grads = {name: p.grad for name, p in lm.model.named_parameters() if p.requires_grad}
     return loss.detach(), soft_prompt.grad, grads, seen

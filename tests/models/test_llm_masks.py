@@ -40,7 +40,10 @@ def _loss_and_grads(lm, target_mask: torch.Tensor):
     prompt_ids = lm.tokenizer("a photo of", return_tensors="pt").input_ids
     target_ids = torch.randint(3, len(lm.tokenizer), tuple(target_mask.shape), generator=g)
     with lora.active_adapter(lm.model, "a"):
-        loss = lm.loss(soft_prompt, prompt_ids, target_ids, target_mask)
+        prompt_ids = prompt_ids.expand(2, -1)
+        embeds, mask = lm.prompt_inputs(prompt_ids, torch.ones_like(prompt_ids), torch.zeros(0, dtype=torch.long),
+                                        None, lead=soft_prompt)
+        loss = lm.loss(embeds, mask, target_ids, target_mask)
     loss.backward()
     grads = {name: p.grad.clone() for name, p in lm.model.named_parameters() if p.requires_grad}
     lm.model.zero_grad(set_to_none=True)

@@ -352,7 +352,8 @@ def test_text_tokenizer_pads_dynamically_and_pickles(model):
 
     tok = pickle.loads(pickle.dumps(model.text_tokenizer))
     short, long = tok(["a cat"], "image"), tok(["a cat", "a small white table next to the bed"], "image")
-    assert set(short) == {"qformer_text_ids", "qformer_text_mask", "llm_target_ids", "llm_target_mask"}
+    assert set(short) == {"qformer_text_ids", "qformer_text_mask", "llm_target_ids", "llm_target_mask",
+                          "llm_prompt_ids", "llm_prompt_mask", "llm_region_slots"}
     assert short["qformer_text_ids"].shape[1] < long["qformer_text_ids"].shape[1]
     assert long["llm_target_mask"][0, -1] == 0  # right padded
 
@@ -588,15 +589,17 @@ class HostCopies(TorchDispatchMode):
 
 
 def test_step_tensors_live_on_the_model_device(assets):
-    """The fixed prompt ids move with the model and stay out of checkpoints; the LLM input and the ITM labels are
-    built on the device without a copy from the host (the meta device stands in for a GPU)."""
+    """The LLM input (instruction ids from the batch, region soft prompts spliced at their slots) and the ITM labels
+    are built on the device without a copy from the host (the meta device stands in for a GPU)."""
     model = build(tiny_model_dict(assets))
-    assert not any("prompt_ids" in k for k in model.state_dict())
+    batch = make_batch(model, "image_region")
     model.to("meta")
-    assert all(heads.prompt_ids.device.type == "meta" for heads in model.heads.values())
+    on_device = {k: v.to("meta") for k, v in batch.items() if torch.is_tensor(v)}
+    rows = batch["region_geometry"].shape[0]
     with HostCopies() as copies:
-        embeds, _ = model.llm._inputs(torch.zeros(2, 3, model.llm.hidden_size, device="meta"),
-                                      model.heads["image"].prompt_ids)
+        embeds, _ = model.llm.prompt_inputs(
+            on_device["llm_prompt_ids"], on_device["llm_prompt_mask"], on_device["llm_region_slots"],
+            torch.zeros(rows, model.cfg.num_query_tokens, model.llm.hidden_size, device="meta"))
         L.matching_loss(torch.zeros(6, 2, device="meta"), 2)
     assert embeds.device.type == "meta" and copies.seen == []
 
@@ -608,10 +611,10 @@ def test_opt_loss_on_caption_logits_equals_full_sequence_loss(model):
     llm = model.llm
     torch.manual_seed(0)
     soft_prompt = torch.randn(batch["llm_target_ids"].shape[0], 3, llm.hidden_size)
-    prompt_ids = model.heads["image"].prompt_ids
     with lora.active_adapter(llm.model, None):
-        ours = llm.loss(soft_prompt, prompt_ids, batch["llm_target_ids"], batch["llm_target_mask"])
-        embeds, mask = llm._inputs(soft_prompt, prompt_ids)
+        embeds, mask = llm.prompt_inputs(batch["llm_prompt_ids"], batch["llm_prompt_mask"], batch["llm_region_slots"],
+                                         None, lead=soft_prompt)
+        ours = llm.loss(embeds, mask, batch["llm_target_ids"], batch["llm_target_mask"])
         labels = batch["llm_target_ids"].masked_fill(batch["llm_target_mask"] == 0, -100)
         reference = llm.model(
             inputs_embeds=torch.cat([embeds, llm._embed(batch["llm_target_ids"])], dim=1),

@@ -26,7 +26,7 @@ from torch.utils.checkpoint import checkpoint
 
 from lavis.common.checkpoint_io import load_into, read_state_dict
 from lavis.common.registry import ENCODERS
-from lavis.models.pointbert.sampling import check_fps_backend, group_points, require_triton
+from lavis.models.pointbert.sampling import check_fps_backend, group_indices, group_points, require_triton
 
 _WRAPPER_KEYS = ("state_dict", "base_model", "model")
 _ENCODER_PREFIXES = ("point_encoder.", "base_model.", "transformer_q.")
@@ -161,3 +161,19 @@ class PointBert(nn.Module):
         x = torch.cat([self.cls_token.expand(batch, -1, -1), tokens], dim=1)
         pos = torch.cat([self.cls_pos.expand(batch, -1, -1), self.pos_embed(centres)], dim=1)
         return self.norm(self.blocks(x, pos))
+
+    @torch.no_grad()
+    def region_token_mask(self, points: torch.Tensor, region_mask: torch.Tensor,
+                          region_sample: torch.Tensor) -> torch.Tensor:
+        """Point masks [R, P] of regions (of clouds [B, P, C]; `region_sample` [R] names each one's cloud) -> the
+        tokens [R, 1 + num_groups] each region's queries may attend to: every group holding a point of the set, and
+        CLS. The groups are recomputed as forward forms them (FPS and kNN are deterministic), so a cached encoder
+        output can be masked too as long as the batch has its points."""
+        if region_mask.shape[-1] != points.shape[1]:
+            raise ValueError(f"region_mask covers {region_mask.shape[-1]} points but the clouds have "
+                             f"{points.shape[1]}: masks must be over the processed points")
+        index, _ = group_indices(points, self.num_groups, self.group_size, self.fps_backend)  # [B, G, K]
+        per_region = index[region_sample].flatten(1)  # [R, G * K]
+        covered = region_mask.gather(1, per_region).view(-1, self.num_groups, self.group_size).any(-1)
+        cls = torch.ones(region_mask.shape[0], 1, dtype=torch.bool, device=region_mask.device)
+        return torch.cat([cls, covered], dim=1)

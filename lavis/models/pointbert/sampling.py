@@ -146,8 +146,16 @@ def group_points(points: torch.Tensor, num_groups: int, group_size: int,
     Returns (groups [B, G, K, 3 + F] with xyz relative to the centre and the extra
     features such as rgb unchanged, centres [B, G, 3]).
     """
-    xyz = points[..., :3]
-    centres = gather_points(xyz, farthest_point_sample(xyz, num_groups, fps_backend))
-    neighbours = gather_points(points, knn_indices(xyz, centres, group_size))  # [B, G, K, 3 + F]
+    index, centres = group_indices(points, num_groups, group_size, fps_backend)
+    neighbours = gather_points(points, index)  # [B, G, K, 3 + F]
     relative_xyz = neighbours[..., :3] - centres.unsqueeze(2)
     return torch.cat([relative_xyz, neighbours[..., 3:]], dim=-1), centres
+
+
+def group_indices(points: torch.Tensor, num_groups: int, group_size: int,
+                  fps_backend: str = "torch") -> tuple[torch.Tensor, torch.Tensor]:
+    """The point indices of each group [B, G, K] (FPS centres, then their k nearest points) and the centres
+    [B, G, 3]: which input points every token of the encoder covers."""
+    xyz = points[..., :3]
+    centres = gather_points(xyz, farthest_point_sample(xyz, num_groups, fps_backend))
+    return knn_indices(xyz, centres, group_size), centres

@@ -52,8 +52,14 @@ class ModalityConfig:
     qformer: str = "???"  # a key of `qformers`
     region: Optional[str] = None  # a registered region kind; None: holistic (no PaFE, no regression head)
     losses: Dict[str, float] = field(default_factory=dict)  # term -> weight, terms among LOSS_TERMS; 0 = off
-    prompt: str = ""  # OPT: text after the soft prompt
-    prefix: str = ""  # FlanT5: encoder text after the soft prompt, e.g. "a photo of"
+    # The instruction of samples that bring none (caption datasets without a task_prompt), region placeholders
+    # (model.region_token) included; a region modality's template without one has its region first (RegionBLIP's
+    # layout: soft prompt, then text). OPT takes `prompt`, FlanT5 `prefix` (e.g. "a photo of").
+    prompt: str = ""
+    prefix: str = ""
+    # A region modality: the whole image's (scene's) soft prompt precedes the instruction, as context for its
+    # regions (one more Q-Former row per sample). null: off; a holistic modality always leads with it.
+    global_prompt: Optional[bool] = None
     lora: bool = True  # own LoRA adapter in the Q-Former and the LLM
     init_from_blip2: bool = False  # copy BLIP-2's query tokens, LLM / ITC projections, ITM head and temperature
 
@@ -70,6 +76,12 @@ class RegionBLIPConfig:
     pafe_hidden: int = 128
     embed_dim: int = 256  # ITC projection width
     max_text_len: int = 32  # tokens, for both the Q-Former text and the LLM target
+    # The placeholder that stands for a region in an instruction; each becomes num_query_tokens slots holding the
+    # region's soft prompt (lavis/models/prompt_layout.py)
+    region_token: str = "<region>"
+    # Task-guided instructions (RegionGPT), by name; a dataset picks one with its `task_prompt` (e.g. brief_caption:
+    # "<region> A short description:"), otherwise its modality's prompt / prefix applies
+    task_prompts: Dict[str, str] = field(default_factory=dict)
     itc_label_smoothing: float = 0.1
     # One ITC text projection and temperature shared by every modality with ITC / ITM (checkpoint keys
     # `itc_text.*`), as the reference RegionBLIP (`stage1_proj_text`, `temp`); false: each modality has its own
@@ -126,9 +138,49 @@ def _check_refs(cfg: RegionBLIPConfig) -> None:
             raise ConfigError(f"{where}.prefix is for llm.family t5; OPT takes `prompt`", key=f"{where}.prefix")
         if family is LLMFamily.t5 and m.prompt:
             raise ConfigError(f"{where}.prompt is for llm.family opt; FlanT5 takes `prefix`", key=f"{where}.prompt")
+    if not cfg.region_token.strip():
+        raise ConfigError("model.region_token must not be empty", key="model.region_token")
+    for name, m in cfg.modalities.items():
+        if m.region is None and m.global_prompt is False:
+            raise ConfigError(f"model.modalities.{name}.global_prompt: false leaves a holistic modality (region: "
+                              "null) without any soft prompt; drop the setting", key=f"model.modalities.{name}")
+        instruction_template(cfg, name)
+    for task in cfg.task_prompts:
+        for name in cfg.modalities:
+            _template_check(cfg, name, cfg.task_prompts[task], f"model.task_prompts.{task}", name_only=True)
     if cfg.llm.bos_target_with_empty_prompt and LLMFamily(cfg.llm.family) is not LLMFamily.opt:
         raise ConfigError("model.llm.bos_target_with_empty_prompt is for llm.family opt (T5 has no leading </s>)",
                           key="model.llm.bos_target_with_empty_prompt")
+
+
+def _template_check(cfg: RegionBLIPConfig, modality: str, text: str, key: str, name_only: bool = False) -> str:
+    """`text` as `modality`'s instruction for one-region (or no-region) samples: a holistic modality has no region
+    to place; a region modality's one region goes where its placeholder is, or first. `name_only`: only the
+    placeholder count beyond one is checked (a task prompt may serve either kind of modality)."""
+    found = text.count(cfg.region_token)
+    region = cfg.modalities[modality].region
+    if found > 1:
+        raise ConfigError(f"{key}: {found} '{cfg.region_token}' placeholders, but caption samples have one region; "
+                          "instructions over several regions come with their samples (instruction datasets)", key=key)
+    if name_only:
+        return text
+    if region is None and found:
+        raise ConfigError(f"{key}: modality '{modality}' has no region (region: null), so its instruction cannot "
+                          f"hold '{cfg.region_token}'", key=key)
+    return text if found or region is None else cfg.region_token + text
+
+
+def instruction_template(cfg: RegionBLIPConfig, modality: str, task_prompt: Optional[str] = None) -> str:
+    """The instruction given to `modality`'s samples that bring none: the named task prompt, else the modality's
+    prompt (OPT) or prefix (T5); ConfigError naming the key when it does not fit the modality."""
+    if task_prompt is None:
+        m = cfg.modalities[modality]
+        field_name = "prompt" if LLMFamily(cfg.llm.family) is LLMFamily.opt else "prefix"
+        return _template_check(cfg, modality, getattr(m, field_name), f"model.modalities.{modality}.{field_name}")
+    if task_prompt not in cfg.task_prompts:
+        raise ConfigError(f"task_prompt '{task_prompt}' is not a key of model.task_prompts "
+                          f"({sorted(cfg.task_prompts)})", key="model.task_prompts")
+    return _template_check(cfg, modality, cfg.task_prompts[task_prompt], f"model.task_prompts.{task_prompt}")
 
 
 def _check_qformers(cfg: RegionBLIPConfig) -> None:

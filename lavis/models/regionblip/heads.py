@@ -1,5 +1,5 @@
 """The tensors one modality owns: its learnable queries, PaFE (region modalities), LLM projection, ITC projections
-and temperature, ITM head and regression head, and its fixed LLM prompt ids. Only the parts its enabled losses use
+and temperature, ITM head and regression head. Only the parts its enabled losses use
 are built, so every trainable tensor of a modality receives a gradient from that modality's batches.
 
 `ItcTextHead` is the text side of ITC (the [CLS] projection and the temperature): each modality's own by default, or
@@ -41,14 +41,9 @@ class ModalityHeads(nn.Module):
         region_dim: Optional[int],
         pafe_hidden: int,
         losses: dict[str, float],
-        prompt_ids: Tensor,
         own_text_head: bool = True,
     ):
         super().__init__()
-        # [1, P]: the LLM prompt (OPT) or prefix (T5) ids. A buffer, so `.to(device)` moves it with the model and the
-        # LLM step finds it on the device (no host-to-device copy per step); not persistent: YAML defines it, so
-        # checkpoints and BLIP-2 files neither hold nor need it.
-        self.register_buffer("prompt_ids", prompt_ids, persistent=False)
         on = {term for term, weight in losses.items() if weight > 0}
         self.queries = nn.Parameter(torch.randn(1, num_queries, width) * 0.02)  # BERT's initializer_range
         self.pafe = PaFE(region_dim, pafe_hidden, width) if region_dim else None
@@ -60,6 +55,10 @@ class ModalityHeads(nn.Module):
         self.temp = nn.Parameter(torch.tensor(TEMP_INIT)) if contrastive and own_text_head else None
         self.itm_head = nn.Linear(width, 2) if "itm" in on else None
         self.reg_head = nn.Linear(width, region_dim) if region_dim and "reg" in on else None
+
+    def plain_queries(self, batch_size: int) -> Tensor:
+        """[B, Q, H]: the learnable queries alone (a holistic modality's, or a region modality's whole-input rows)."""
+        return self.queries.expand(batch_size, -1, -1)
 
     def query_embeds(self, batch_size: int, region_geometry: Optional[Tensor]) -> Tensor:
         """[B, Q, H]: the learnable queries, plus PaFE's position embedding of the region when there is one."""

@@ -20,12 +20,14 @@ from lavis.datasets.base import ItemKeys
 from lavis.models import lora
 from lavis.models.base import BaseModel, FrozenPart, ModelOutput
 from lavis.models.llm import LLMFamily, build_llm
+from lavis.models.prompt_layout import PromptLayout
 from lavis.models.qformer import QFormer, build_qformer_tokenizer
 from lavis.models.regionblip import config as regionblip_config
 from lavis.models.regionblip import losses as L
 from lavis.models.regionblip.config import (
     RegionBLIPConfig,
     encoder_configs,
+    instruction_template,
     validate,
     without_unused_parts,
     without_weights,
@@ -33,6 +35,7 @@ from lavis.models.regionblip.config import (
 from lavis.models.regionblip.heads import ItcTextHead, ModalityHeads
 from lavis.models.regionblip.region import region_dim
 from lavis.models.regionblip.text import RegionTextTokenizer
+from lavis.processors.region_kinds import has_mask
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +48,26 @@ BLIP2_CAPTION_HEADS = ("queries", "llm_proj.")
 
 @dataclass
 class QueryFeatures:
-    """Steps 1-3 of a forward, for one single-modality batch."""
+    """Steps 1-3 of a forward, for one single-modality batch. A row is one region (a region modality: R rows, the
+    regions of all samples, sample after sample) or one sample (a holistic modality: B rows)."""
 
-    encoder_tokens: Tensor  # [B, N, encoder_width] encoder output (after the width adapter)
-    encoder_mask: Tensor  # [B, N]
-    query_embeds: Tensor  # [B, Q, H] learnable queries (+ PaFE position embedding)
-    query_outputs: Tensor  # [B, Q, H] Q-Former outputs at the query positions
+    encoder_tokens: Tensor  # [rows, N, encoder_width] encoder output (after the width adapter) each row attends to
+    encoder_mask: Tensor  # [rows, N] which of them (a mask region: the tokens under its mask)
+    query_embeds: Tensor  # [rows, Q, H] learnable queries (+ PaFE position embedding)
+    query_outputs: Tensor  # [rows, Q, H] Q-Former outputs at the query positions
+    whole_outputs: Optional[Tensor] = None  # [B, Q, H] a region modality's whole-input queries (global_prompt)
+
+
+def region_layout(batch: dict[str, Any], batch_size: int) -> tuple[list[int], Tensor]:
+    """(regions per sample, the sample of every region [R]). Collated batches carry both; a batch built by hand
+    with one region_geometry row per sample means one region each."""
+    if "region_counts" in batch:
+        return list(batch["region_counts"]), batch["region_sample"]
+    geometry = batch["region_geometry"]
+    if geometry.shape[0] != batch_size:
+        raise ValueError(f"{geometry.shape[0]} region_geometry rows for {batch_size} samples and no region_counts: "
+                         "collate multi-region samples with lavis.datasets.loaders.Collator")
+    return [1] * batch_size, torch.arange(batch_size, device=geometry.device)
 
 
 @dataclass
@@ -116,11 +133,17 @@ class RegionBLIP(BaseModel):
                     f"{cfg.qformers[key].config.vocab_size}"
                 )
         self.decoder_bos_id = {name: qformer_tokenizers[m.qformer].bos_token_id for name, m in cfg.modalities.items()}
+        # generation lays out its instructions here; training's collate with the tokenizer's own copy (workers)
+        self.prompt_layout = PromptLayout(self.llm.tokenizer, cfg.llm.family, cfg.region_token, cfg.num_query_tokens)
+        llm_tokenizer = self.llm.tokenizer.__class__.from_pretrained(cfg.llm.path, local_files_only=True)
         self.text_tokenizer = RegionTextTokenizer(
             {name: qformer_tokenizers[m.qformer] for name, m in cfg.modalities.items()},
-            self.llm.tokenizer.__class__.from_pretrained(cfg.llm.path, local_files_only=True),
+            llm_tokenizer,
             cfg.llm.family,
             cfg.max_text_len,
+            PromptLayout(llm_tokenizer, cfg.llm.family, cfg.region_token, cfg.num_query_tokens),
+            {name: instruction_template(cfg, name) for name in cfg.modalities},
+            cfg.llm.bos_target_with_empty_prompt,
         )
 
     @classmethod
@@ -130,6 +153,11 @@ class RegionBLIP(BaseModel):
     @classmethod
     def modality_inputs(cls, cfg: RegionBLIPConfig) -> dict[str, ItemKeys]:
         return regionblip_config.modality_inputs(cfg)
+
+    @classmethod
+    def dataset_instruction(cls, cfg: RegionBLIPConfig, modality: str, task_prompt: Optional[str]) -> str:
+        """The template a dataset's items get (checked before anything is built: lavis/common/preflight.py)."""
+        return instruction_template(cfg, modality, task_prompt)
 
     @classmethod
     def frozen_parts(cls, cfg: RegionBLIPConfig) -> list[FrozenPart]:
@@ -160,9 +188,6 @@ class RegionBLIP(BaseModel):
             region_dim=region_dim(m.region) if m.region else None,
             pafe_hidden=self.cfg.pafe_hidden,
             losses=m.losses,
-            # the fixed LLM prompt (OPT) or prefix (T5), tokenized once. OPT's tokenizer prepends </s>; T5's appends
-            # it: the layouts of lavis.models.llm
-            prompt_ids=self.llm.tokenizer(m.prompt or m.prefix, return_tensors="pt").input_ids,
             own_text_head=not self.cfg.shared_itc_text_head,
         )
 
@@ -317,28 +342,98 @@ class RegionBLIP(BaseModel):
         stack.enter_context(lora.active_adapter(self.llm.model, adapter))
         return stack
 
+    def instruction_template(self, modality: str, task_prompt: Optional[str] = None) -> str:
+        """The instruction of `modality`'s samples that bring none (caption datasets): the dataset's task prompt
+        (model.task_prompts) or the modality's prompt / prefix, with its region placeholder."""
+        return self.dataset_instruction(self.cfg, modality, task_prompt)
+
+    def whole_prompt_first(self, modality: str) -> bool:
+        """Whether the whole input's soft prompt precedes the instruction: always for a holistic modality (it is its
+        only soft prompt), `global_prompt` for a region modality."""
+        m = self.cfg.modalities[modality]
+        return m.region is None or bool(m.global_prompt)
+
     def extract(self, batch: dict[str, Any]) -> QueryFeatures:
-        """Steps 1-3; call inside `_adapter_scope(batch["modality"])`."""
+        """Steps 1-3; call inside `_adapter_scope(batch["modality"])`. The encoder runs once per image or scene,
+        whatever the number of its regions; the Q-Former once for all rows (regions, and whole inputs). A batch
+        may hold each image once and `input_index` [B]: the image of every sample (e.g. one sample per region to
+        caption, tools/generate_region_captions.py)."""
         name = batch["modality"]
         m = self.cfg.modalities[name]
+        encoder_input = batch.get(self.cfg.encoders[m.encoder].input_key)
         # step 1: encode (frozen), or take the encoder's output from the feature cache; then adapt the width to
         # the Q-Former's cross-attention
         if "encoder_tokens" in batch:
             tokens = batch["encoder_tokens"]
         else:
             with torch.no_grad():
-                tokens = self.encoders[m.encoder](batch[self.cfg.encoders[m.encoder].input_key])
+                tokens = self.encoders[m.encoder](encoder_input)
         if m.encoder in self.encoder_adapters:
             tokens = self.encoder_adapters[m.encoder](tokens)
-        mask = torch.ones(tokens.shape[:2], dtype=torch.long, device=tokens.device)
-        # step 2: the modality's queries, plus PaFE's embedding of the region
-        geometry = batch["region_geometry"] if m.region else None
-        queries = self.heads[name].query_embeds(tokens.shape[0], geometry)
-        # step 3: the Q-Former with the modality's LoRA
+        if "input_index" in batch:  # samples sharing an image or scene: it is encoded once, its tokens reused
+            tokens = tokens[batch["input_index"]]
+            encoder_input = None if encoder_input is None else encoder_input[batch["input_index"]]
+        ones = torch.ones(tokens.shape[:2], dtype=torch.long, device=tokens.device)
+        heads = self.heads[name]
+        if m.region is None:  # one row per sample: the whole input
+            queries = heads.query_embeds(tokens.shape[0], None)
+            hidden = self.qformers[m.qformer](query_embeds=queries, encoder_hidden_states=tokens,
+                                              encoder_attention_mask=ones)
+            return QueryFeatures(tokens, ones, queries, hidden)
+        # step 2: one row per region: the modality's queries plus PaFE's embedding of the region; a mask region
+        # attends only to the tokens under its mask
+        counts, sample = region_layout(batch, tokens.shape[0])
+        one_each = counts == [1] * tokens.shape[0]  # RegionBLIP's batches: rows are the samples, no gather
+        row_tokens = tokens if one_each else tokens[sample]
+        row_mask = ones if one_each else ones[sample]
+        if has_mask(m.region):
+            if encoder_input is None:
+                raise ValueError(f"modality '{name}': a {m.region} region needs the batch's "
+                                 f"'{self.cfg.encoders[m.encoder].input_key}' to place its mask on the tokens")
+            row_mask = self.encoders[m.encoder].region_token_mask(encoder_input, batch["region_mask"], sample).long()
+        queries = heads.query_embeds(row_tokens.shape[0], batch["region_geometry"])
+        # step 3: the Q-Former with the modality's LoRA, the whole inputs' rows first when the prompt starts with them
+        whole_first = self.whole_prompt_first(name)
+        all_queries, all_tokens, all_mask = queries, row_tokens, row_mask
+        if whole_first:
+            all_queries = torch.cat([heads.plain_queries(tokens.shape[0]), queries])
+            all_tokens, all_mask = torch.cat([tokens, row_tokens]), torch.cat([ones, row_mask])
         hidden = self.qformers[m.qformer](
-            query_embeds=queries, encoder_hidden_states=tokens, encoder_attention_mask=mask
+            query_embeds=all_queries, encoder_hidden_states=all_tokens, encoder_attention_mask=all_mask
         )
-        return QueryFeatures(tokens, mask, queries, hidden)
+        if not whole_first:
+            return QueryFeatures(row_tokens, row_mask, queries, hidden)
+        split = tokens.shape[0]
+        return QueryFeatures(row_tokens, row_mask, queries, hidden[split:], hidden[:split])
+
+    def llm_inputs(self, name: str, feats: QueryFeatures, prompt: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Step 4's LLM input before the answer: [whole input's soft prompt? | instruction with every region's
+        soft prompt at its placeholder]."""
+        heads = self.heads[name]
+        if self.cfg.modalities[name].region is None:
+            region_soft, lead = None, heads.llm_proj(feats.query_outputs)
+        else:
+            region_soft = heads.llm_proj(feats.query_outputs)
+            lead = heads.llm_proj(feats.whole_outputs) if feats.whole_outputs is not None else None
+        return self.llm.prompt_inputs(prompt["llm_prompt_ids"], prompt["llm_prompt_mask"],
+                                      prompt["llm_region_slots"], region_soft, lead)
+
+    def _batch_size(self, batch: dict[str, Any]) -> int:
+        if "input_index" in batch:
+            return batch["input_index"].shape[0]
+        m = self.cfg.modalities[batch["modality"]]
+        inputs = batch["encoder_tokens"] if "encoder_tokens" in batch else batch[self.cfg.encoders[m.encoder].input_key]
+        return inputs.shape[0]
+
+    def _check_one_region_each(self, name: str, batch: dict[str, Any], on: dict[str, float]) -> None:
+        """ITC, ITM, ITG and REG pair each text with one region; samples with several regions train the LLM only."""
+        pairing = sorted(set(on) & {"itc", "itm", "itg"})
+        if pairing and self.cfg.modalities[name].region is not None:
+            counts, _ = region_layout(batch, self._batch_size(batch))
+            if counts != [1] * len(counts):
+                raise ValueError(f"modality '{name}': losses {pairing} pair one caption with one region, but this "
+                                 f"batch's samples have {sorted(set(counts))} regions; give multi-region datasets a "
+                                 "modality whose losses are llm (and reg) only")
 
     def forward(self, batch: dict[str, Any]) -> ModelOutput:
         name = batch["modality"]
@@ -354,6 +449,7 @@ class RegionBLIP(BaseModel):
         heads.clamp_temperature()
         if self.itc_text is not None:
             self.itc_text.clamp_temperature()
+        self._check_one_region_each(name, batch, on)
         with self._adapter_scope(name):
             feats = self.extract(batch)
             # step 4: the enabled loss terms
@@ -367,19 +463,12 @@ class RegionBLIP(BaseModel):
             if "itg" in on:
                 losses["itg"] = self._captioning(name, feats, batch)
             if "llm" in on:
-                soft_prompt = heads.llm_proj(feats.query_outputs)
-                losses["llm"] = self.llm.loss(
-                    soft_prompt, heads.prompt_ids, batch["llm_target_ids"], batch["llm_target_mask"],
-                    prompt_is_target=self.prompt_is_target(name),
-                )
+                embeds, mask = self.llm_inputs(name, feats, batch)
+                losses["llm"] = self.llm.loss(embeds, mask, batch["llm_target_ids"], batch["llm_target_mask"])
             if "reg" in on:
                 prediction = heads.reg_head(feats.query_outputs.mean(dim=1))
                 losses["reg"] = L.regression_loss(prediction, batch["region_geometry"])
         return ModelOutput(losses=losses, extras={"query_outputs": feats.query_outputs.detach()})
-
-    def prompt_is_target(self, modality: str) -> bool:
-        """Whether OPT's prompt (its </s> alone) is a target of `modality`'s LLM loss (bos_target_with_empty_prompt)."""
-        return self.cfg.llm.bos_target_with_empty_prompt and not self.cfg.modalities[modality].prompt
 
     def _trains_anything(self, name: str, on: dict[str, float]) -> bool:
         """Whether an enabled loss of a frozen BLIP-2 path reaches a trainable tensor: its ITC / ITM heads (those its
@@ -419,6 +508,7 @@ class RegionBLIP(BaseModel):
         negative_sample = L.sample_hard_negatives(sim_t2i, targets)
         negative_text = L.sample_hard_negatives(sim_i2t, targets)
         tokens_all, _ = L.gather_batch(feats.encoder_tokens)
+        token_mask_all, _ = L.gather_batch(feats.encoder_mask)
         queries_all, _ = L.gather_batch(feats.query_embeds)
         ids_all, _ = L.gather_batch(ids)
         mask_all, _ = L.gather_batch(mask)
@@ -427,7 +517,7 @@ class RegionBLIP(BaseModel):
             input_ids=torch.cat([ids, ids, ids_all[negative_text]]),
             attention_mask=torch.cat([mask, mask, mask_all[negative_text]]),
             encoder_hidden_states=torch.cat([feats.encoder_tokens, tokens_all[negative_sample], feats.encoder_tokens]),
-            encoder_attention_mask=feats.encoder_mask.repeat(3, 1),
+            encoder_attention_mask=torch.cat([feats.encoder_mask, token_mask_all[negative_sample], feats.encoder_mask]),
             text_mode="bidirectional",
         )
         logits = self.heads[name].itm_head(hidden[:, : feats.query_embeds.shape[1]]).mean(dim=1)
@@ -479,23 +569,35 @@ class RegionBLIP(BaseModel):
 
     # ---- generation ---------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, batch: dict[str, Any], prompts: Optional[list[str]] = None, **overrides: Any) -> list[str]:
-        """Texts for a single-modality batch: steps 1-3, then the LLM's beam search. `prompts`: one LLM prompt
-        (OPT) or prefix (T5) per sample, e.g. a question, in place of the modality's fixed one. `overrides` are
-        fields of `generation` (num_beams, max_new_tokens, min_new_tokens, repetition_penalty, length_penalty)."""
-        return self.llm.decode(self.generate_ids(batch, prompts, **overrides))
+    def generate(self, batch: dict[str, Any], instructions: Optional[list[str]] = None, **overrides: Any) -> list[str]:
+        """Texts for a single-modality batch: steps 1-3, then the LLM's beam search. `instructions`: one per sample
+        (e.g. a question; with one placeholder per region of the sample), in place of the batch's `instruction` or
+        the modality's template. `overrides` are fields of `generation` (num_beams, max_new_tokens, min_new_tokens,
+        repetition_penalty, length_penalty)."""
+        return self.llm.decode(self.generate_ids(batch, instructions, **overrides))
+
+    def generation_prompt(self, batch: dict[str, Any], instructions: Optional[list[str]] = None) -> dict[str, Tensor]:
+        """The batch's instructions laid out for generation (OPT's </s> in the prompt), on the LLM's device."""
+        name = batch["modality"]
+        m = self.cfg.modalities[name]
+        size = self._batch_size(batch)
+        if instructions is None:
+            instructions = batch.get("instruction") or [self.instruction_template(name)] * size
+        if len(instructions) != size:
+            raise ValueError(f"{len(instructions)} instructions for a batch of {size} samples")
+        counts = region_layout(batch, size)[0] if m.region else [0] * size
+        prompt, _ = self.prompt_layout(list(instructions), counts, bos_in_prompt=True)
+        device = self.llm.model.get_input_embeddings().weight.device  # one copy per generate call, not per step
+        return {k: v.to(device) for k, v in prompt.items()}
 
     @torch.no_grad()
-    def generate_ids(self, batch: dict[str, Any], prompts: Optional[list[str]] = None, **overrides: Any) -> Tensor:
+    def generate_ids(self, batch: dict[str, Any], instructions: Optional[list[str]] = None,
+                     **overrides: Any) -> Tensor:
         """As `generate`, the new token ids [B, L] before decoding."""
         gen = dataclasses.replace(self.cfg.generation, **overrides)
         name = batch["modality"]
-        prompt_ids, prompt_mask = self.heads[name].prompt_ids, None
+        prompt = self.generation_prompt(batch, instructions)
         with self._adapter_scope(name):
             feats = self.extract(batch)
-            soft_prompt = self.heads[name].llm_proj(feats.query_outputs)
-            if prompts is not None:
-                if len(prompts) != soft_prompt.shape[0]:
-                    raise ValueError(f"{len(prompts)} prompts for a batch of {soft_prompt.shape[0]} samples")
-                prompt_ids, prompt_mask = self.llm.tokenize_prompts(list(prompts))
-            return self.llm.generate_ids(soft_prompt, prompt_ids, gen, prompt_mask)
+            embeds, mask = self.llm_inputs(name, feats, prompt)
+            return self.llm.generate_ids(embeds, mask, gen)
