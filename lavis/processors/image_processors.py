@@ -1,8 +1,10 @@
 """Image processors that keep a region box consistent with the pixels: resize, box-safe crop, colour jitter, normalise.
 
-`BoxImageProcessor(image, box)` takes a PIL image and an optional box (x1, y1, x2, y2 in pixels) and returns the
-normalised image tensor `[3, S, S]` and the box normalised to [0, 1] (x1, y1, x2, y2), or None without a box.
-Boxes follow the pixels through torchvision transforms v2 (`tv_tensors.BoundingBoxes`), never by separate arithmetic.
+`BoxImageProcessor(image, box)` takes a PIL image and an optional box (x1, y1, x2, y2 in pixels; or K boxes [K, 4])
+and returns the normalised image tensor `[3, S, S]` and the box(es) normalised to [0, 1], or None without a box.
+`BoxImageProcessor(image, boxes, masks)` also carries region masks (bool [K, H, W]) and returns them third, at
+S x S. Boxes and masks follow the pixels through torchvision transforms v2 (`tv_tensors.BoundingBoxes`, `Mask`),
+never by separate arithmetic.
 
 Horizontal flip is off by default: referring expressions say "left" / "right", and flipping the image without
 rewriting the text would teach the model the wrong side. Random choices use torch's global RNG, which the loader
@@ -15,8 +17,9 @@ import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Union, overload
 
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision import tv_tensors
@@ -29,8 +32,15 @@ EVA_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 EVA_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+BoxesLike = Union[Sequence[float], Sequence[Sequence[float]], np.ndarray, torch.Tensor]  # [4] or [K, 4] x1y1x2y2
+
+
 class ImageReadError(ValueError):
     """An image file that is missing or cannot be decoded; datasets turn it into a BadSampleError."""
+
+
+class RegionMaskError(ValueError):
+    """Region masks that do not fit the image, or one that is (or the resize leaves) empty: a bad sample."""
 
 
 def load_rgb_image(source: str | Path | bytes) -> Image.Image:
@@ -138,36 +148,94 @@ class BoxImageProcessor:
     def from_config(cls, cfg: BoxImageConfig) -> BoxImageProcessor:
         return cls(cfg)
 
-    def __call__(
-        self, image: Image.Image, box_xyxy: Optional[Sequence[float]] = None
-    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    @overload
+    def __call__(self, image: Image.Image, box_xyxy: Optional[BoxesLike] = None,
+                 masks: None = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]: ...
+
+    @overload
+    def __call__(self, image: Image.Image, box_xyxy: Optional[BoxesLike],
+                 masks: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]: ...
+
+    def __call__(self, image, box_xyxy=None, masks=None):
+        """(pixels [3, S, S], box(es) in [0, 1] or None) and, when `masks` is given, the masks [K, S, S] bool.
+
+        `box_xyxy`: one box (4 numbers) -> region [4]; K boxes [K, 4] -> region [K, 4]. `masks`: bool [K, H, W]
+        at the image's size; they take the same crop and flip as the pixels, then a nearest resize. The crop
+        keeps every box and every mask's bounding box whole. A mask the resize empties raises RegionMaskError.
+        """
         cfg = self.cfg
         # A PIL image stays one until resized: PIL's bicubic filter is BLIP's (BlipImageEvalProcessor resizes the PIL
         # image); torchvision's tensor resize differs from it by up to a grey level
         pixels = image if isinstance(image, Image.Image) else F.to_image(image)
         height, width = F.get_size(pixels)
-        boxes = None
-        if box_xyxy is not None:
-            boxes = tv_tensors.BoundingBoxes(
-                torch.tensor([list(box_xyxy)], dtype=torch.float32), format="XYXY", canvas_size=(height, width)
-            )
+        boxes, single_box = _boxes(box_xyxy, height, width)
+        mask_stack = None if masks is None else _checked_masks(masks, height, width)
         if cfg.crop_prob > 0 and torch.rand(()).item() < cfg.crop_prob:
-            top, left, crop_h, crop_w = sample_box_safe_crop(height, width, box_xyxy, cfg.crop_min_scale)
+            keep = _kept_area(box_xyxy, mask_stack)
+            top, left, crop_h, crop_w = sample_box_safe_crop(height, width, keep, cfg.crop_min_scale)
             pixels = F.crop(pixels, top, left, crop_h, crop_w)
             boxes = F.crop(boxes, top, left, crop_h, crop_w) if boxes is not None else None
+            mask_stack = F.crop(mask_stack, top, left, crop_h, crop_w) if mask_stack is not None else None
         if cfg.hflip_prob > 0 and torch.rand(()).item() < cfg.hflip_prob:
             pixels = F.horizontal_flip(pixels)
             boxes = F.horizontal_flip(boxes) if boxes is not None else None
+            mask_stack = F.horizontal_flip(mask_stack) if mask_stack is not None else None
         size = [cfg.image_size, cfg.image_size]
         pixels = F.to_image(F.resize(pixels, size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True))
         if self.jitter is not None:
             pixels = self.jitter(pixels)
         pixels = F.normalize(F.to_dtype(pixels, torch.float32, scale=True), mean=cfg.mean, std=cfg.std)
-        if boxes is None:
-            return pixels.as_subclass(torch.Tensor), None
-        # Normalised by the canvas before the resize: the same box as resizing it, with one rounding (box / W, as
-        # the reference divides).
-        canvas_h, canvas_w = boxes.canvas_size
-        scale = torch.tensor([canvas_w, canvas_h, canvas_w, canvas_h], dtype=torch.float32)
-        region = (boxes.as_subclass(torch.Tensor)[0] / scale).clamp(0.0, 1.0)
-        return pixels.as_subclass(torch.Tensor), region
+        pixels = pixels.as_subclass(torch.Tensor)
+        region = None
+        if boxes is not None:
+            # Normalised by the canvas before the resize: the same box as resizing it, with one rounding (box / W,
+            # as the reference divides).
+            canvas_h, canvas_w = boxes.canvas_size
+            scale = torch.tensor([canvas_w, canvas_h, canvas_w, canvas_h], dtype=torch.float32)
+            region = (boxes.as_subclass(torch.Tensor) / scale).clamp(0.0, 1.0)
+            region = region[0] if single_box else region
+        if mask_stack is None:
+            return pixels, region
+        resized = F.resize(mask_stack, size, interpolation=v2.InterpolationMode.NEAREST)
+        resized = resized.as_subclass(torch.Tensor).bool()
+        emptied = [k for k in range(len(resized)) if not resized[k].any()]
+        if emptied:
+            raise RegionMaskError(f"region mask(s) {emptied} have no pixel left at {cfg.image_size}x{cfg.image_size} "
+                                  "(the region is smaller than one resized pixel)")
+        return pixels, region, resized
+
+
+def _boxes(box_xyxy: Optional[BoxesLike], height: int, width: int) -> tuple[Optional[tv_tensors.BoundingBoxes], bool]:
+    """The box(es) as [K, 4] BoundingBoxes on the image, and whether one box (4 numbers) was given."""
+    if box_xyxy is None:
+        return None, False
+    values = torch.as_tensor(np.asarray(box_xyxy, dtype=np.float32))
+    if values.shape[-1] != 4 or values.ndim not in (1, 2):
+        raise ValueError(f"boxes must be 4 numbers or [K, 4], got shape {tuple(values.shape)}")
+    boxes = tv_tensors.BoundingBoxes(values.reshape(-1, 4), format="XYXY", canvas_size=(height, width))
+    return boxes, values.ndim == 1
+
+
+def _checked_masks(masks, height: int, width: int) -> tv_tensors.Mask:
+    stack = torch.as_tensor(np.asarray(masks))
+    if stack.ndim != 3 or tuple(stack.shape[1:]) != (height, width):
+        raise RegionMaskError(f"region masks have shape {tuple(stack.shape)}; expected [K, {height}, {width}] "
+                              "(one mask per region, at the image's height and width)")
+    if not stack.flatten(1).any(1).all():
+        empty = [k for k in range(len(stack)) if not stack[k].any()]
+        raise RegionMaskError(f"region mask(s) {empty} are empty")
+    return tv_tensors.Mask(stack.to(torch.uint8))  # the resize interpolates numbers, not bools
+
+
+def _kept_area(box_xyxy: Optional[BoxesLike], masks: Optional[tv_tensors.Mask]) -> Optional[list[float]]:
+    """The smallest box holding every box and every mask's pixels: what a random crop must keep whole."""
+    parts = [] if box_xyxy is None else [np.asarray(box_xyxy, dtype=np.float64).reshape(-1, 4)]
+    if masks is not None:
+        rows = torch.nonzero(masks.as_subclass(torch.Tensor).any(2).any(0)).squeeze(1)
+        cols = torch.nonzero(masks.as_subclass(torch.Tensor).any(1).any(0)).squeeze(1)
+        parts.append(np.array([[int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1]], dtype=np.float64))
+    if not parts:
+        return None
+    stacked = np.concatenate(parts)
+    return [float(stacked[:, 0].min()), float(stacked[:, 1].min()), float(stacked[:, 2].max()),
+            float(stacked[:, 3].max())]

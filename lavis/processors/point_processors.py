@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, overload
 
 import numpy as np
 import torch
@@ -41,6 +41,21 @@ FPS_STARTS = ("first", "random")
 
 class PointCloudError(ValueError):
     """The array cannot be a point cloud (shape, NaN, too few channels); datasets turn it into a BadSampleError."""
+
+
+class RegionMaskError(PointCloudError):
+    """Point masks that do not fit the cloud, or one that is (or the sampling leaves) empty: a bad sample."""
+
+
+def _checked_masks(masks, num_points: int) -> torch.Tensor:
+    stack = torch.as_tensor(np.asarray(masks)).bool()
+    if stack.ndim != 2 or stack.shape[1] != num_points:
+        raise RegionMaskError(f"point masks have shape {tuple(stack.shape)}; expected [K, {num_points}] (one row "
+                              "per region, one column per point of the cloud)")
+    empty = [k for k in range(len(stack)) if not stack[k].any()]
+    if empty:
+        raise RegionMaskError(f"point mask(s) {empty} select no point")
+    return stack
 
 
 def box_corners(center, size) -> torch.Tensor:
@@ -109,7 +124,8 @@ class PointCloudProcessorConfig:
 
 @PROCESSORS.register("point_cloud")
 class PointCloudProcessor:
-    """(array [N, C>=3], optional box corners [K, 8, 3]) -> (points [num_points, 3 or 6], corners [K, 8, 3])."""
+    """(array [N, C>=3], optional box corners [K, 8, 3], optional point masks [K, N]) -> (points [num_points, 3 or 6],
+    corners [K, 8, 3]) and, with masks, the masks over the output points [K, num_points]."""
 
     Config = PointCloudProcessorConfig
 
@@ -133,10 +149,24 @@ class PointCloudProcessor:
     def channels(self) -> int:
         return 6 if self.cfg.use_color else 3
 
-    def __call__(self, array, corners: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    @overload
+    def __call__(self, array, corners: Optional[torch.Tensor] = None,
+                 masks: None = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]: ...
+
+    @overload
+    def __call__(self, array, corners: Optional[torch.Tensor],
+                 masks: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]: ...
+
+    def __call__(self, array, corners=None, masks=None):
+        """(points, corners) and, when `masks` (bool [K, N] over the array's rows) is given, the masks [K, num_points]:
+        row i of a mask belongs to point i of the output (same dropout, sampling and roll). A mask that the dropout
+        or sampling empties raises RegionMaskError."""
         points = self._validated(array)
-        points = self._dropout(points)
-        points = points[self.sample_indices(len(points))]
+        if masks is not None:
+            masks = _checked_masks(masks, len(points))
+        rows = self._dropout_rows(len(points))
+        rows = rows[self.sample_indices(len(rows))]
+        points = points[rows]
         xyz, rest = points[:, :3], points[:, 3:]
         corners = None if corners is None else torch.as_tensor(corners, dtype=torch.float32).clone()
         if self.cfg.normalize:
@@ -149,8 +179,16 @@ class PointCloudProcessor:
             corners = None if corners is None else corners @ linear.T
         points = torch.cat([xyz, rest], 1)
         if self.cfg.fps_start == "random":  # last, so the draw leaves the other draws as they were
-            points = roll_to_start(points, int(torch.randint(0, len(points), ())))
-        return points.contiguous(), corners
+            start = int(torch.randint(0, len(points), ()))
+            points, rows = roll_to_start(points, start), roll_to_start(rows, start)
+        if masks is None:
+            return points.contiguous(), corners
+        kept = masks[:, rows]
+        emptied = [k for k in range(len(kept)) if not kept[k].any()]
+        if emptied:
+            raise RegionMaskError(f"region(s) {emptied} have no point left after dropout / sampling "
+                                  f"({self.cfg.num_points} points drawn from {masks.shape[1]})")
+        return points.contiguous(), corners, kept
 
     def _validated(self, array) -> torch.Tensor:
         points = torch.as_tensor(np.asarray(array), dtype=torch.float32)
@@ -169,12 +207,13 @@ class PointCloudProcessor:
             rgb = rgb / 255.0
         return torch.cat([points[:, :3], rgb.clamp(0.0, 1.0)], 1)
 
-    def _dropout(self, points: torch.Tensor) -> torch.Tensor:
+    def _dropout_rows(self, n: int) -> torch.Tensor:
+        """The rows kept by the dropout (all of them when it is off; at least one)."""
         if self.cfg.dropout_max_ratio <= 0:
-            return points
+            return torch.arange(n)
         ratio = float(torch.rand(())) * self.cfg.dropout_max_ratio
-        keep = torch.rand(len(points)) >= ratio
-        return points[keep] if keep.any() else points[:1]
+        keep = torch.rand(n) >= ratio
+        return torch.nonzero(keep).squeeze(1) if keep.any() else torch.zeros(1, dtype=torch.long)
 
     def sample_indices(self, n: int) -> torch.Tensor:
         """Indices giving exactly num_points rows: a subset when n is larger, every row plus repeats otherwise."""
