@@ -8,6 +8,8 @@ Captions given per proposal (any model's output; see lavis/datasets/proposals.py
     python tools/eval_dense_captions.py --scanrefer ... --scannet-data-root ... --proposals proposals.json \
         --captions proposal_captions.json --out metrics.json
 `--proposals gt` uses the ground-truth boxes as proposals (the upper bound: no NMS, each object its own box).
+Nr3D: `--scanrefer` takes the nr3d_{split}.json that tools/prepare_eval_nr3d.py writes (the same layout).
+Under torchrun each rank captions its share of the scenes (the frozen encoder once per scene); rank 0 scores.
 The rules are lavis/common/dense_caption_metrics.py's (`--protocol`, default vote2cap_detr). Writes the metrics JSON
 (`--out`) and, with a model, the captions of the kept proposals beside it (`*_captions.json`, the --captions format).
 """
@@ -24,6 +26,7 @@ import numpy as np
 import torch
 
 import lavis  # noqa: F401  (registers the built-in models and datasets)
+from lavis.common import dist as dist_utils
 from lavis.common.dense_caption_metrics import (
     IOU_THRESHOLDS,
     PROTOCOLS,
@@ -45,7 +48,8 @@ from lavis.datasets.proposals import (
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scanrefer", required=True, type=Path, help="ScanRefer JSON with tokens (the references)")
+    parser.add_argument("--scanrefer", required=True, type=Path,
+                        help="ScanRefer JSON with tokens (the references), or Nr3D's from tools/prepare_eval_nr3d.py")
     parser.add_argument("--scannet-data-root", required=True, type=Path,
                         help="{scene}_aligned_bbox.npy (ground-truth boxes) and {scene}_aligned_vert.npy (points)")
     parser.add_argument("--proposals", required=True, help="a proposals JSON file, or 'gt' for the ground-truth boxes")
@@ -55,6 +59,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--ckpt", default=None, help="checkpoint file or training run directory (with --cfg-path)")
     parser.add_argument("--modality", default="pointcloud_region", help="the model's point-cloud region modality")
     parser.add_argument("--batch-size", type=int, default=8, help="proposals captioned per generate call")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="where the model captions (auto: this rank's GPU if there is one)")
     parser.add_argument("--options", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides")
     parser.add_argument("--protocol", default="vote2cap_detr", choices=sorted(PROTOCOLS))
     parser.add_argument("--thresholds", type=float, nargs="+", default=list(IOU_THRESHOLDS))
@@ -75,14 +81,18 @@ def scene_points(root: Path, scenes: list[str]) -> dict[str, np.ndarray]:
     return points
 
 
+# A rank gathers the others' captions only once it has captioned its own scenes: the wait is as long as the slowest
+# rank's share, so the collective's timeout is hours, not the usual minutes.
+GATHER_TIMEOUT_S = 4 * 3600
+
+
 def model_captions(args: argparse.Namespace, proposals: dict[str, SceneBoxes], keep: dict[str, np.ndarray],
-                   points: dict[str, np.ndarray]) -> dict[str, list[Optional[str]]]:
+                   points: dict[str, np.ndarray], device: torch.device) -> dict[str, list[Optional[str]]]:
     """The model's caption of every kept proposal (None for the others): each scene is processed once with all its
     kept boxes, as the evaluation processor of the config's datasets processes a ScanRefer item."""
     from lavis.common.captioner import eval_processor_config, load_captioner
     from lavis.common.config import load_config
-    from lavis.datasets.loaders import Collator
-    from lavis.processors.point_processors import PointCloudProcessor, corners_to_geometry
+    from lavis.processors.point_processors import PointCloudProcessor
     from lavis.processors.region_kinds import corner_layout
 
     cfg = load_config(args.cfg_path, args.options)
@@ -90,9 +100,9 @@ def model_captions(args: argparse.Namespace, proposals: dict[str, SceneBoxes], k
         raise ValueError(f"--modality {args.modality} must be a region modality of the config "
                          f"(it has {sorted(cfg.model.modalities)})")
     layout = corner_layout(cfg.model.modalities[args.modality].region)
+    encoder = cfg.model.modalities[args.modality].encoder
     processor = PointCloudProcessor(eval_processor_config(cfg, args.modality, "eval_processor"))
-    captioner = load_captioner(cfg, args.ckpt, "--ckpt", "the command line")
-    collate = Collator(args.modality, text_tokenizer=None)
+    model = load_captioner(cfg, args.ckpt, "--ckpt", "the command line").model.to(device)
     captions: dict[str, list[Optional[str]]] = {}
     with torch.no_grad():
         for scene, boxes in proposals.items():
@@ -102,29 +112,87 @@ def model_captions(args: argparse.Namespace, proposals: dict[str, SceneBoxes], k
                 continue
             chosen = torch.as_tensor(boxes.boxes[wanted], dtype=torch.float32)
             cloud, corners = processor(points[scene], layout(chosen[:, :3], chosen[:, 3:]))
-            items = [{"sample_id": f"{scene}|{p}", "points": cloud, "region_geometry": corners_to_geometry(c)}
-                     for p, c in zip(wanted, corners)]
-            for start in range(0, len(items), args.batch_size):
-                texts = captioner.model.generate(collate(items[start:start + args.batch_size]))
-                for p, text in zip(wanted[start:start + args.batch_size], texts):
-                    captions[scene][int(p)] = text
+            texts = caption_scene(model, args.modality, encoder, cloud, corners, args.batch_size, device)
+            for p, text in zip(wanted, texts):
+                captions[scene][int(p)] = text
     return captions
 
 
-def evaluate(args: argparse.Namespace) -> dict:
+def caption_scene(model: torch.nn.Module, modality: str, encoder: str, cloud: torch.Tensor, corners: torch.Tensor,
+                  batch_size: int, device: torch.device) -> list[str]:
+    """The captions of one scene's boxes (`corners` [P, 8, 3], in the frame of the processed `cloud`). The frozen
+    encoder runs once on the scene and its tokens are shared by every box (RegionBLIP's `extract` takes a batch's
+    `encoder_tokens` in place of running the encoder), not once per proposal on P copies of the same cloud."""
+    from lavis.datasets.loaders import Collator, move_to
+    from lavis.processors.point_processors import corners_to_geometry
+
+    tokens = model.encoders[encoder](cloud[None].to(device))  # [1, N, C], before the encoder's width adapter
+    collate = Collator(modality, text_tokenizer=None)
+    texts: list[str] = []
+    for start in range(0, len(corners), batch_size):
+        items = [{"sample_id": str(start + i), "region_geometry": corners_to_geometry(c)}
+                 for i, c in enumerate(corners[start:start + batch_size])]
+        batch = move_to(collate(items), device)
+        batch["encoder_tokens"] = tokens.expand(len(items), -1, -1)
+        texts += model.generate(batch)
+    return texts
+
+
+def captions_of_this_rank(args: argparse.Namespace, proposals: dict[str, SceneBoxes], scenes: list[str],
+                          ground_truth: bool, info: dist_utils.DistInfo
+                          ) -> tuple[dict[str, list[Optional[str]]], dict[str, np.ndarray]]:
+    """(captions of this rank's share of `scenes`, every world_size-th; the points it read: rank 0 reads every
+    scene's, which scoring needs for rule 5). The log line says which share."""
+    mine = scenes[info.rank::info.world_size]
+    points = scene_points(args.scannet_data_root, scenes if info.is_main else mine)
+    rules = protocol_rules(args.protocol)
+    keep = {s: kept_proposals(proposals[s], rules, points[s], suppress=not ground_truth) for s in mine}
+    captions = model_captions(args, {s: proposals[s] for s in mine}, keep, points, info.device)
+    print(f"rank {info.rank}/{info.world_size}: captioned the proposals of {len(mine)} scene(s)", file=sys.stderr)
+    return captions, points
+
+
+def gathered_captions(args: argparse.Namespace, proposals: dict[str, SceneBoxes], scenes: list[str],
+                      ground_truth: bool, info: dist_utils.DistInfo
+                      ) -> tuple[dict[str, list[Optional[str]]], dict[str, np.ndarray]]:
+    """(every scene's captions, each scene captioned by one rank; the points this rank read)."""
+    try:
+        part, points = captions_of_this_rank(args, proposals, scenes, ground_truth, info)
+    except (ValueError, FileNotFoundError) as e:  # sent to every rank, so that all stop and none waits in the gather
+        part, points = e, {}
+    parts = dist_utils.all_gather_objects(part)
+    for failed in parts:
+        if isinstance(failed, Exception):
+            raise failed
+    merged = {scene: texts for part in parts for scene, texts in part.items()}
+    return {scene: merged[scene] for scene in scenes}, points  # in scene order, whichever rank captioned a scene
+
+
+def evaluate(args: argparse.Namespace) -> Optional[dict]:
+    """The metrics (on rank 0; None on the other ranks of a torchrun job, which only caption)."""
+    info = dist_utils.init_distributed(args.device, GATHER_TIMEOUT_S)
+    try:
+        return score(args, info)
+    finally:
+        dist_utils.shutdown()
+
+
+def score(args: argparse.Namespace, info: dist_utils.DistInfo) -> Optional[dict]:
     references = scanrefer_references(read_json(args.scanrefer, "ScanRefer JSON"),
                                       protocol_rules(args.protocol).reference_max_tokens)
     scenes = sorted(references)
     objects = read_scene_objects(args.scannet_data_root, scenes)
     ground_truth = args.proposals == "gt"
     proposals = ground_truth_proposals(objects) if ground_truth else read_proposals(args.proposals)
-    points = scene_points(args.scannet_data_root, [s for s in scenes if s in proposals])
+    with_proposals = [s for s in scenes if s in proposals]
+    if args.captions is None:
+        captions, points = gathered_captions(args, proposals, with_proposals, ground_truth, info)
+    if not info.is_main:
+        return None
     if args.captions is not None:
+        points = scene_points(args.scannet_data_root, with_proposals)
         captions = read_proposal_captions(args.captions, proposals)
     else:
-        rules = protocol_rules(args.protocol)
-        keep = {s: kept_proposals(proposals[s], rules, points[s], suppress=not ground_truth) for s in points}
-        captions = model_captions(args, {s: proposals[s] for s in points}, keep, points)
         written = args.out.with_name(args.out.stem + "_captions.json")
         written.parent.mkdir(parents=True, exist_ok=True)
         written.write_text(json.dumps(captions, indent=1))
@@ -139,7 +207,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     return result
 
 
-def main(argv: Optional[list[str]] = None) -> dict:
+def main(argv: Optional[list[str]] = None) -> Optional[dict]:
     args = parse_args(argv)
     try:
         return evaluate(args)

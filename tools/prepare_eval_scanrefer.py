@@ -15,19 +15,13 @@ import json
 import sys
 from pathlib import Path
 
-from lavis.datasets.datasets.scanrefer import object_image_id, read_scanrefer
+from lavis.datasets.datasets.scanrefer import coco_ground_truth, read_scanrefer
 
 
 def scanrefer_ground_truth(annotation_file: Path) -> tuple[dict, int]:
     """-> (COCO ground truth, number of annotations skipped for a missing key or an empty description)."""
     entries, skipped = read_scanrefer(annotation_file)
-    images: dict[str, None] = {}
-    annotations = []
-    for entry in entries:
-        image_id = object_image_id(entry["scene_id"], entry["object_id"])
-        images.setdefault(image_id)
-        annotations.append({"image_id": image_id, "id": len(annotations), "caption": str(entry["description"]).strip()})
-    return {"images": [{"id": i} for i in images], "annotations": annotations}, len(skipped)
+    return coco_ground_truth(entries), len(skipped)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""Builders for the point-cloud datasets: Objaverse + Cap3D, ScanRefer, ModelNet40.
+"""Builders for the point-cloud datasets: Objaverse + Cap3D, ScanRefer, Nr3D, ModelNet40.
 
 Each builder: `Config` (a DatasetConfig subclass with its paths, options and processor settings), `DEFAULT_CONFIG`
 (a YAML under lavis/configs/), `check_paths()` (one message per missing path, naming its key) and `build(split)`.
@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from torch.utils.data import Dataset
 
 from lavis.common.registry import DATASET_BUILDERS
 from lavis.datasets.base import DatasetConfig, ItemKeys
 from lavis.datasets.datasets.modelnet import ModelNet40, read_shape_names
+from lavis.datasets.datasets.nr3d import Nr3D, read_scan_list
 from lavis.datasets.datasets.objaverse import (
     DEFAULT_FILE_PATTERNS,
     ObjaverseCap3D,
@@ -127,10 +128,10 @@ class ObjaverseCap3DBuilder(_PointBuilder):
 
 # ---- ScanRefer ------------------------------------------------------------------------------------------------------
 @dataclass
-class ScanReferConfig(DatasetConfig):
-    annotation_root: str = "???"  # holds ScanRefer_filtered_{train,val}.json
+class ScanNetScenesConfig(DatasetConfig):
+    """What ScanRefer and Nr3D share: descriptions of objects of ScanNet scenes, read from the same scannet_data/."""
+
     scannet_data_root: str = "???"  # ScanRefer's scannet_data/: {scene}_aligned_vert.npy, {scene}_aligned_bbox.npy
-    annotation_pattern: str = "ScanRefer_filtered_{split}.json"
     scene_mesh_pattern: str = ""  # e.g. "{scene_id}/{scene_id}_vh_clean_2.ply" to read scenes from meshes instead
     one_item_per_object_in_eval: bool = True  # evaluation: one item per (scene, object), all descriptions as refs
     text_processor: CaptionConfig = field(default_factory=CaptionConfig)
@@ -139,6 +140,12 @@ class ScanReferConfig(DatasetConfig):
         num_points=40000, dropout_max_ratio=0.1, scale_low=0.9, scale_high=1.1, rotate_z_max_deg=180.0))
     eval_processor: PointCloudProcessorConfig = field(
         default_factory=lambda: PointCloudProcessorConfig(num_points=40000, sampling="stride"))
+
+
+@dataclass
+class ScanReferConfig(ScanNetScenesConfig):
+    annotation_root: str = "???"  # holds ScanRefer_filtered_{train,val}.json
+    annotation_pattern: str = "ScanRefer_filtered_{split}.json"
 
 
 @DATASET_BUILDERS.register("scanrefer")
@@ -174,6 +181,49 @@ class ScanReferBuilder(_PointBuilder):
                          CaptionProcessor.from_config(cfg.text_processor), one_item_per_object=per_object,
                          scene_mesh_pattern=cfg.scene_mesh_pattern, name=f"scanrefer/{split}",
                          region_kind=cfg.region_kind or DEFAULT_CORNER_KIND)
+
+
+# ---- Nr3D (ReferIt3D) ----------------------------------------------------------------------------------------------
+@dataclass
+class Nr3DConfig(ScanNetScenesConfig):
+    csv_file: str = "???"  # ReferIt3D's nr3d.csv
+    # split -> the scans of that split: ReferIt3D's referit3d/data/language/nr3d/{train,test}_scans.txt (JSON lists)
+    # or ScanNet's scannetv2_{train,val}.txt (one id a line); ReferIt3D's test scans are ScanNet's val scans
+    scan_files: Dict[str, str] = field(default_factory=dict)
+    eval_split: Optional[str] = "test"
+
+
+@DATASET_BUILDERS.register("nr3d")
+class Nr3DBuilder(_PointBuilder):
+    Config = Nr3DConfig
+    DEFAULT_CONFIG = "datasets/nr3d.yaml"
+    SPLITS = ("train", "test")
+
+    def item_keys(self, split: str) -> ItemKeys:
+        return ItemKeys("points", region_dim(self.cfg.region_kind or DEFAULT_CORNER_KIND))
+
+    def check_paths(self) -> list[str]:
+        cfg = self.cfg
+        problems = _missing("csv_file", cfg.csv_file, "ReferIt3D's nr3d.csv")
+        problems += _missing("scannet_data_root", cfg.scannet_data_root,
+                             "ScanRefer's scannet_data/ folder of {scene}_aligned_vert.npy and _aligned_bbox.npy "
+                             "(tools/preprocess_scannet.py writes it)", is_dir=True)
+        for split in self.used_splits():
+            problems += _missing(f"scan_files.{split}", cfg.scan_files.get(split, ""),
+                                 f"the scan ids of Nr3D's {split} split (ReferIt3D's {split}_scans.txt)")
+        return problems
+
+    def build(self, split: str) -> Dataset:
+        self._check_split(split)
+        cfg = self.cfg
+        if split not in cfg.scan_files:
+            raise ValueError(f"nr3d: scan_files has no '{split}' entry (it has {sorted(cfg.scan_files)}); set "
+                             f"scan_files.{split} to ReferIt3D's {split}_scans.txt")
+        per_object = cfg.one_item_per_object_in_eval and split != cfg.train_split
+        return Nr3D(cfg.csv_file, read_scan_list(cfg.scan_files[split]), cfg.scannet_data_root, self.processor(split),
+                    CaptionProcessor.from_config(cfg.text_processor), one_item_per_object=per_object,
+                    scene_mesh_pattern=cfg.scene_mesh_pattern, name=f"nr3d/{split}",
+                    region_kind=cfg.region_kind or DEFAULT_CORNER_KIND)
 
 
 # ---- ModelNet40 -----------------------------------------------------------------------------------------------------

@@ -37,6 +37,18 @@ def object_image_id(scene_id: str, object_id) -> str:
     return f"{scene_id}|{int(object_id)}"
 
 
+def coco_ground_truth(entries: list[dict]) -> dict:
+    """Annotations with ScanRefer's keys -> COCO caption ground truth: one image per referred object, under its
+    `object_image_id`, each description a reference (tools/prepare_eval_scanrefer.py, tools/prepare_eval_nr3d.py)."""
+    images: dict[str, None] = {}
+    annotations = []
+    for entry in entries:
+        image_id = object_image_id(entry["scene_id"], entry["object_id"])
+        images.setdefault(image_id)
+        annotations.append({"image_id": image_id, "id": len(annotations), "caption": str(entry["description"]).strip()})
+    return {"images": [{"id": i} for i in images], "annotations": annotations}
+
+
 def read_scanrefer(path: str | Path) -> tuple[list[dict], list[tuple[str, str]]]:
     """ScanRefer JSON -> (usable annotations, skipped [(id, reason)]): a missing key or empty description is skipped."""
     entries = read_json(path, "ScanRefer JSON")
@@ -99,7 +111,7 @@ class ScanRefer(Dataset):
         self.data_root = Path(scannet_data_root)
         self.processor, self.text_processor = processor, text_processor
         self.mesh_pattern = scene_mesh_pattern
-        entries, self.skipped = read_scanrefer(annotation_file)
+        entries, self.skipped = self.read_annotations(annotation_file)
         scene_ok: dict[str, Optional[str]] = {}
         self.items: list[dict] = []
         seen: set[tuple[str, int]] = set()
@@ -119,6 +131,10 @@ class ScanRefer(Dataset):
             self.items.append({"sample_id": sample_id, "scene_id": scene_id, "object_id": object_id,
                                "description": str(entry["description"])})
         log_skipped(name, self.skipped)
+
+    def read_annotations(self, path: str | Path) -> tuple[list[dict], list[tuple[str, str]]]:
+        """(annotations with ScanRefer's keys, skipped); Nr3D (lavis/datasets/datasets/nr3d.py) reads its CSV here."""
+        return read_scanrefer(path)
 
     def _points_file(self, scene_id: str) -> Path:
         if self.mesh_pattern:
