@@ -121,7 +121,10 @@ def test_eval_protocols_dry_run_issues_every_protocol_then_the_comparison(tmp_pa
     fake.write_text(f'#!/usr/bin/env bash\nprintf "%s\\n" "$@" "" >> "{log}"\n')
     fake.chmod(0o755)
     run_dir, out = tmp_path / "train_run", tmp_path / "out"
-    env = {**os.environ, "PYTHON": str(fake), "OUT": str(out), "NPROC": "1", "WEIGHTS": "/w", "LLM": "flant5xl"}
+    nr3d = tmp_path / "nr3d_test.json"
+    nr3d.write_text("[]")
+    env = {**os.environ, "PYTHON": str(fake), "OUT": str(out), "NPROC": "1", "WEIGHTS": "/w", "LLM": "flant5xl",
+           "NR3D_TEST": str(nr3d)}
     env.pop("FORCE", None)
     result = subprocess.run(["bash", str(REPO / "run_scripts" / "eval_protocols.sh"), str(run_dir)], env=env,
                             capture_output=True, text=True, timeout=120)
@@ -130,15 +133,17 @@ def test_eval_protocols_dry_run_issues_every_protocol_then_the_comparison(tmp_pa
     evaluations = [c for c in calls if c[:2] == ["-m", "torch.distributed.run"]]
     stems = [Path(c[c.index("--cfg-path") + 1]).stem for c in evaluations]
     assert stems == [f"regionblip_flant5xl_{cell}" for cell in ("coco", "refcoco", "refcocog", "objaverse",
-                                                                "scanrefer", "vqav2")]
+                                                                "scanrefer", "nr3d", "vqav2")]
     for call, stem in zip(evaluations, stems):
         assert (REPO / "configs" / "eval" / f"{stem}.yaml").is_file()
         assert call[-2:] == [f"run.output_dir={out / stem}", f"run.load_ckpt_path={run_dir}"]
         assert "model.llm.path=/w/flan-t5-xl" in call
-    [dense] = [c for c in calls if c[0] == str(REPO / "tools" / "eval_dense_captions.py")]
+    dense, dense_nr3d = [c for c in calls if c[0] == str(REPO / "tools" / "eval_dense_captions.py")]
     assert dense[dense.index("--proposals") + 1] == "gt" and dense[dense.index("--ckpt") + 1] == str(run_dir)
     assert dense[dense.index("--out") + 1] == str(out / "densecap" / "scanrefer_densecap_gt_metrics.json")
+    assert dense_nr3d[dense_nr3d.index("--scanrefer") + 1] == str(nr3d)
+    assert dense_nr3d[dense_nr3d.index("--out") + 1] == str(out / "densecap" / "nr3d_densecap_gt_metrics.json")
     assert dense[dense.index("--cfg-path") + 1] == str(REPO / "configs" / "eval" / "regionblip_flant5xl_scanrefer.yaml")
     assert "model.blip2_checkpoint_path=/w/blip2_pretrained_flant5xl.pth" in dense
     assert calls[-1] == [str(REPO / "tools" / "compare_published.py"), str(out)]
-    assert len(calls) == len(evaluations) + 2
+    assert len(calls) == len(evaluations) + 3  # two dense-caption protocols, the comparison

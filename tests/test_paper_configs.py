@@ -20,6 +20,7 @@ CELLS = {
     "scanrefer": ("scanrefer", "pointcloud_region", "val", None),
     "vqav2": ("vqav2", "image", "val2014", 224),  # zero-shot, BLIP-2's VQA image size
     "refcocog": ("refcoco", "image_region", "val", 364),  # beyond the paper: the protocol region-captioning papers use
+    "nr3d": ("nr3d", "pointcloud_region", "test", None),  # beyond the paper: the 3D captioning literature's second set
 }
 TRAIN_SETS = {"refcoco": "image_region", "objaverse_cap3d": "pointcloud", "scanrefer": "pointcloud_region"}
 TRAIN_DIR = REPO / "configs" / "train"
@@ -94,7 +95,7 @@ def assert_reference_conventions(cfg, training: bool) -> None:
         builder = ds.builder or name
         if builder == "refcoco" and not getattr(ds, "crop_to_box", False):
             assert (ds.train_image if training else ds.eval_image).truncate_box_pixels
-        if builder in ("objaverse_cap3d", "scanrefer"):
+        if builder in ("objaverse_cap3d", "scanrefer", "nr3d"):
             points = ds.train_processor if training else ds.eval_processor
             assert points.normalize == (builder == "objaverse_cap3d")
             assert points.fps_start == ("random" if training else "first")
@@ -140,7 +141,9 @@ def test_eval_config_matches_its_paper_cell(path: Path, weights):
         return
     assert cfg.run.task == "captioning"
     gt_name = {"coco": "coco_karpathy", "refcocog": "refcocog_umd"}.get(cell, cell)
-    assert ds.eval_gt_file == f"data/gt/{gt_name}_{split}.json"
+    # Nr3D's converter writes two files: the m@kIoU references in ScanRefer's layout and evaluate.py's COCO one
+    suffix = "__coco_gt" if cell == "nr3d" else ""
+    assert ds.eval_gt_file == f"data/gt/{gt_name}_{split}{suffix}.json"
     assert_reference_conventions(cfg, training=False)
     if kind == "blip2_crop":
         assert ds.modality == "image" and ds.crop_to_box and not ds.eval_image.truncate_box_pixels
