@@ -110,6 +110,12 @@ MISTAKES = [
     ("a misspelt run key", "run.max_epochs", 3, "run.max_epochs", "Did you mean 'max_epoch'", False),
     ("a modality naming no encoder", "model.modalities.image.encoder", "visoin", "model.modalities.image.encoder",
      "not a key of model.encoders", False),
+    ("a task prompt the model does not define", "datasets.refcoco.task_prompt", "brief_captoin",
+     "datasets.refcoco.task_prompt", "'brief_captoin' is not a key of model.task_prompts", False),
+    ("a region placeholder in a holistic modality's prompt", "model.modalities.pointcloud.prompt",
+     "what is <region>?", "model.modalities.pointcloud.prompt", "has no region (region: null)", False),
+    ("two placeholders in a caption template", "model.task_prompts.brief_caption", "<region> and <region>",
+     "model.task_prompts.brief_caption", "caption samples have one region", False),
 ]
 
 
