@@ -1,5 +1,6 @@
 """tools/caption.py on the tiny demo model: one caption for an image + box and for a point cloud (+ 3D box), a clear
-refusal for a box outside the image, and --ckpt taking a training run directory."""
+refusal for a box outside the image, --ckpt taking a training run directory, and --instruction with regions of mixed
+kinds in placeholder order (converted to the modality's region kind) and a refused placeholder count."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from lavis.common.config import load_config
 from lavis.common.registry import MODELS
@@ -148,3 +150,81 @@ def test_refuses_an_unreadable_point_file_naming_it(tiny_world, tmp_path, name, 
         caption.main(["--cfg-path", DEMO, "--points", str(path), "--options", *tiny_demo_options(tiny_world)])
     message = str(exit_info.value)
     assert str(path) in message and expected in message and "Traceback" not in message
+
+
+# ---- --instruction with regions in placeholder order ----------------------------------------------------------
+def recorded_batches(monkeypatch) -> list[dict]:
+    """The batches the model generates from."""
+    batches = []
+    model_cls = MODELS.get("regionblip")
+    original = model_cls.generate
+
+    def recording(self, batch, *args, **kwargs):
+        batches.append(batch)
+        return original(self, batch, *args, **kwargs)
+
+    monkeypatch.setattr(model_cls, "generate", recording)
+    return batches
+
+
+@pytest.mark.parametrize("kind", ["box2d", "mask2d"])
+def test_instruction_takes_mixed_boxes_and_masks_in_order(tiny_world, capsys, tmp_path, monkeypatch, kind):
+    """A box2d modality gets each mask's bounding box, a mask2d one each box's rectangle and each mask, in the
+    order of the flags."""
+    from pycocotools import mask as coco_mask
+
+    image, _ = first_box(tiny_world)  # a 96 x 96 image
+    png = np.zeros((96, 96), dtype=np.uint8)
+    png[40:80, 50:80] = 255
+    Image.fromarray(png).save(tmp_path / "mask.png")
+    rle_mask = np.zeros((96, 96), dtype=np.uint8, order="F")
+    rle_mask[6:30, 60:90] = 1
+    rle = coco_mask.encode(rle_mask)
+    (tmp_path / "mask.json").write_text(json.dumps({"size": rle["size"], "counts": rle["counts"].decode()}))
+    batches = recorded_batches(monkeypatch)
+    instruction = "Is <region> left of <region> or of <region>?"
+    run_tool(capsys, "--image", image, "--instruction", instruction, "--box", "4", "4", "34", "24",
+             "--mask", str(tmp_path / "mask.png"), "--mask", str(tmp_path / "mask.json"),
+             "--options", *tiny_demo_options(tiny_world), f"model.modalities.image_region.region={kind}")
+    batch, = batches
+    assert batch["instruction"] == [instruction] and batch["region_counts"] == [3]
+    boxes = torch.tensor([[4, 4, 34, 24], [50, 40, 80, 80], [60, 6, 90, 30]]) / 96
+    torch.testing.assert_close(batch["region_geometry"], boxes.float())
+    assert ("region_mask" in batch) == (kind == "mask2d")
+    if kind == "mask2d":  # at the processed 64 x 64 image: the box's rectangle, then the two masks
+        masks = batch["region_mask"]
+        assert masks.shape == (3, 64, 64)
+        for mask, box in zip(masks, boxes):
+            rows, cols = mask.any(1).nonzero().flatten(), mask.any(0).nonzero().flatten()
+            edges = torch.tensor([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1]).float()
+            assert (edges - box * 64).abs().max() <= 1
+            assert mask.sum() == (edges[2] - edges[0]) * (edges[3] - edges[1])  # rectangles, filled
+
+
+def test_instruction_takes_point_sets_and_3d_boxes_in_order(tiny_world, capsys, monkeypatch):
+    """A point_set modality gets --points-of rows as its mask and a --box3d's points; its geometry is each set's
+    box corners."""
+    points, box = scene_and_box(tiny_world)
+    batches = recorded_batches(monkeypatch)
+    run_tool(capsys, "--points", points, "--instruction", "Is <region> near <region>?",
+             "--points-of", ",".join(str(i) for i in range(0, 2048, 2)), "--box3d", *map(str, box),
+             "--options", *tiny_demo_options(tiny_world), "model.modalities.pointcloud_region.region=point_set")
+    batch, = batches
+    assert batch["region_counts"] == [2] and batch["region_geometry"].shape == (2, 24)
+    masks = batch["region_mask"]  # over the 2048 processed points (stride sampling of the 2048 keeps them all)
+    xyz = np.load(points)[:, :3]
+    inside = (np.abs(xyz - box[:3]) <= box[3:] / 2).all(1)
+    assert masks[0].sum() == 1024 and masks[1].sum() == inside.sum() > 0
+
+
+def test_instruction_needs_one_region_per_placeholder(tiny_world, monkeypatch):
+    monkeypatch.setattr(caption, "load_captioner", lambda *a, **kw: pytest.fail("the model was built"))
+    image, box = first_box(tiny_world)
+    with pytest.raises(SystemExit) as exit_info:
+        caption.main(["--cfg-path", DEMO, "--image", image, "--instruction", "What is <region>?",
+                      "--box", *map(str, box), "--box", *map(str, box), "--options", *tiny_demo_options(tiny_world)])
+    assert ("--instruction has 1 '<region>' placeholder(s) but 2 region(s) were given (--box/--mask/--box3d/"
+            "--points-of); give one region per placeholder") in str(exit_info.value)
+    with pytest.raises(SystemExit, match="2 regions .* need --instruction with 2 '<region>' placeholders"):
+        caption.main(["--cfg-path", DEMO, "--image", image, "--box", *map(str, box), "--box", *map(str, box),
+                      "--options", *tiny_demo_options(tiny_world)])

@@ -198,12 +198,13 @@ def test_caption_tool_builds_the_modalitys_corners_and_box(tmp_path):
     np.save(tmp_path / "scene.npy", np.random.default_rng(0).normal(size=(40, 3)).astype(np.float32))
     box = [1.0, 2.0, 3.0, 2.0, 4.0, 6.0]
     args = Namespace(points=tmp_path / "scene.npy", box3d=box, modality="pointcloud_region")
+    regions = caption.requested_regions(args)
     for kind, layout in (("box3d_corners", box_corners), ("box3d_corners_reference", reference_box_corners)):
-        item = caption.point_item(cfg, args, kind)
-        assert torch.equal(item["region_geometry"], layout(box[:3], box[3:]).reshape(-1))
+        item = caption.point_item(cfg, args, kind, regions)
+        assert torch.equal(item["region_geometry"], layout(box[:3], box[3:]).reshape(1, -1))
     with pytest.raises(ValueError, match="expects a 'box2d' region"):
-        caption.point_item(cfg, args, "box2d")
+        caption.point_item(cfg, args, "box2d", regions)
     Image.new("RGB", (40, 30)).save(tmp_path / "photo.png")
     image_args = Namespace(image=tmp_path / "photo.png", box=[3.7, 5.2, 24.6, 20.7], modality="image_region")
-    geometry = caption.image_item(cfg, image_args, "box2d")["region_geometry"]
-    assert torch.equal(geometry, torch.tensor([3.0, 5.0, 24.0, 20.0]) / torch.tensor([40.0, 30.0, 40.0, 30.0]))
+    geometry = caption.image_item(cfg, image_args, "box2d", caption.requested_regions(image_args))["region_geometry"]
+    assert torch.equal(geometry, torch.tensor([[3.0, 5.0, 24.0, 20.0]]) / torch.tensor([40.0, 30.0, 40.0, 30.0]))
