@@ -263,3 +263,27 @@ def test_unreadable_images_are_reported_not_fatal(tiny_world, coco_source, run_d
     index = json.loads(gen.main(args).read_text())
     assert index["samples"] == 1 and index["regions"] == len(REGIONS[1])
     assert "1 problems" in capsys.readouterr().out
+
+
+def test_generated_captions_are_scored_against_the_regions_ground_truth(tiny_world, tmp_path):
+    """tools/score_generated_captions.py: every region the ground truth holds is scored by its evaluation id (image id
+    and integer box), the rest counted and left out; a caption equal to its reference scores BLEU-1 1."""
+    from lavis.datasets.datasets.refcoco import region_id
+    from lavis.datasets.datasets.region_shards import RegionSample, write_region_shards
+    from tools import score_generated_captions as score
+
+    jpg = next((tiny_world / "images" / "train2014").glob("*.jpg")).read_bytes()
+    samples = [RegionSample("a", jpg, [[1, 2, 30, 40], [50.7, 5, 20, 20]], ["a red circle", "a blue square"], 7),
+               RegionSample("b", jpg, [[0, 0, 10, 10]], ["a green triangle"], 8)]
+    write_region_shards(samples, tmp_path / "shards", progress=False)
+    references = {region_id(7, [1, 2, 30, 40]): "a red circle", region_id(7, [50, 5, 20, 20]): "a blue square"}
+    gt = {"images": [{"id": i} for i in references],
+          "annotations": [{"image_id": i, "id": n, "caption": c} for n, (i, c) in enumerate(references.items())]}
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    result = score.main(["--shards", str(tmp_path / "shards"), "--gt", str(tmp_path / "gt.json"), "--no-spice",
+                         "--json", str(tmp_path / "scores.json")])
+    assert (result["scored"], result["outside"]) == (2, 1)
+    assert result["metrics"]["Bleu_1"] == pytest.approx(1.0)
+    assert json.loads((tmp_path / "scores.json").read_text())["scored"] == 2
+    with pytest.raises(SystemExit):
+        score.main(["--shards", str(tmp_path / "shards"), "--gt", str(tmp_path / "missing.json")])
