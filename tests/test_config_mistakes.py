@@ -114,6 +114,8 @@ MISTAKES = [
      "datasets.refcoco.task_prompt", "'brief_captoin' is not a key of model.task_prompts", False),
     ("a region placeholder in a holistic modality's prompt", "model.modalities.pointcloud.prompt",
      "what is <region>?", "model.modalities.pointcloud.prompt", "has no region (region: null)", False),
+    ("a mask kind on a dataset of boxes", "model.modalities.image_region.region", "mask2d",
+     "model.modalities.image_region.region", "carry no region_mask", False),
     ("two placeholders in a caption template", "model.task_prompts.brief_caption", "<region> and <region>",
      "model.task_prompts.brief_caption", "caption samples have one region", False),
 ]

@@ -147,6 +147,12 @@ def check_item_keys(cfg: ResolvedConfig, builders: dict[str, Any]) -> None:
             if wanted.geometry_dim is not None and has.geometry_dim != wanted.geometry_dim:
                 raise ConfigError(_geometry_mismatch(cfg, name, ds.modality, split, has.geometry_dim,
                                                      wanted.geometry_dim), key=f"model.modalities.{ds.modality}")
+            if wanted.region_mask and not has.region_mask:
+                key = f"model.modalities.{ds.modality}.region"
+                raise ConfigError(
+                    f"{cfg.source_of(key)}: {key} is a region kind with a mask, but the items of datasets.{name} "
+                    f"(builder '{ds.builder or name}', split '{split}') carry no region_mask: give the dataset a "
+                    "modality of a box kind, or use mask data (the instructions / osprey724k builders)", key=key)
 
 
 def check_task_prompts(cfg: ResolvedConfig) -> None:

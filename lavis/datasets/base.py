@@ -56,6 +56,7 @@ class ItemKeys:
 
     input_key: str
     geometry_dim: Optional[int] = None
+    region_mask: bool = False  # items carry region_mask (regions of any shape: a region kind with a mask)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from lavis.datasets.datasets.instructions import (
 from lavis.datasets.datasets.osprey import REFERENCE_STYLES, OspreyFileConfig, read_osprey
 from lavis.processors.image_processors import BoxImageConfig, BoxImageProcessor
 from lavis.processors.point_processors import PointCloudProcessor, PointCloudProcessorConfig
-from lavis.processors.region_kinds import region_dim
+from lavis.processors.region_kinds import has_mask, region_dim
 from lavis.processors.text_processors import CaptionConfig, CaptionProcessor
 
 DEFAULT_REGION_TOKEN = "<region>"  # model.region_token's default: the two must agree
@@ -55,7 +55,7 @@ class _InstructionBuilder:
         return kind_input(self.cfg.region_kind)
 
     def item_keys(self, split: str) -> ItemKeys:
-        return ItemKeys(self.input_key(), region_dim(self.cfg.region_kind))
+        return ItemKeys(self.input_key(), region_dim(self.cfg.region_kind), has_mask(self.cfg.region_kind))
 
     def input_processor_config(self, split: str) -> tuple[str, BoxImageConfig | PointCloudProcessorConfig]:
         """(key in this dataset's YAML block, config) of the processor that makes the encoder's input of `split`."""

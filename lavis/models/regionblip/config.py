@@ -240,7 +240,8 @@ def without_unused_parts(cfg: RegionBLIPConfig) -> RegionBLIPConfig:
 def modality_inputs(cfg: RegionBLIPConfig) -> dict[str, ItemKeys]:
     """What each modality reads from its items: its encoder's input key and its region kind's geometry length."""
     return {name: ItemKeys(cfg.encoders[m.encoder].input_key,
-                           REGION_KINDS.get(m.region).dim if m.region is not None else None)
+                           REGION_KINDS.get(m.region).dim if m.region is not None else None,
+                           m.region is not None and REGION_KINDS.get(m.region).has_mask)
             for name, m in cfg.modalities.items()}
 
 
