@@ -95,3 +95,21 @@ def test_the_shard_writer_help_in_its_own_interpreter(outside: Path):
                             env=outside_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "--refer-root" in result.stdout and "--scanrefer-root" in result.stdout
+
+
+@pytest.mark.parametrize("script", ["tools/precompute_features.py", "tools/benchmark.py",
+                                    "tools/pretrain_tiny_encoders.py"])
+def test_a_config_error_is_one_message_in_every_config_tool(script: str, tmp_path: Path, monkeypatch, capsys):
+    """The tools that read a run YAML report a configuration mistake as train.py does: one line naming the key,
+    exit status 2, no traceback (run as `python SCRIPT ...` runs it, in this interpreter)."""
+    import runpy
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("model: {arch: regionblip, model_type: tiny}\nrun: {max_epochs: 3}\n")
+    extra = ["--out", str(tmp_path / "out")] if "pretrain" in script else []
+    monkeypatch.setattr(sys, "argv", [script, "--cfg-path", str(cfg), *extra])
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_path(str(REPO / script), run_name="__main__")
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2, err[-3000:]
+    assert "Traceback" not in err and err.startswith("config error:") and "run.max_epochs" in err

@@ -17,7 +17,7 @@ import argparse
 import logging
 
 import lavis  # noqa: F401  (registers the built-in models, encoders, datasets, tasks)
-from lavis.common.config import load_config
+from lavis.common.config import add_debug_flag, load_config, report_config_errors
 from lavis.runners.benchmark import (
     NAIVE_TITLE,
     device_line,
@@ -34,7 +34,9 @@ from lavis.runners.benchmark import (
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cfg-path", required=True)
-    parser.add_argument("--options", nargs="+", default=[], help="key=value overrides, as for train.py")
+    parser.add_argument("--options", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="key=value overrides, as for train.py (repeatable)")
+    add_debug_flag(parser)
     parser.add_argument("--modalities", nargs="+", help="default: every modality of the model")
     parser.add_argument("--steps", type=int, default=10, help="timed train steps per modality (after 2 untimed)")
     parser.add_argument("--batch-size", type=int, help="default: the batch_size of the modality's dataset (with "
@@ -96,4 +98,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    report_config_errors(main)  # a config error: one message, exit status 2 (--debug: the traceback)

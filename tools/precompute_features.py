@@ -13,14 +13,16 @@ import logging
 from pathlib import Path
 
 import lavis  # noqa: F401  (registers the built-in models, encoders, datasets)
-from lavis.common.config import load_config
+from lavis.common.config import add_debug_flag, load_config, report_config_errors
 from lavis.runners.features import precompute_features
 
 
 def main(argv: list[str] | None = None) -> list[Path]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cfg-path", required=True)
-    parser.add_argument("--options", nargs="+", default=[], help="key=value overrides, as for train.py")
+    parser.add_argument("--options", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="key=value overrides, as for train.py (repeatable)")
+    add_debug_flag(parser)
     parser.add_argument("--datasets", nargs="+", help="dataset names (default: all with feature_cache_dir)")
     parser.add_argument("--splits", nargs="+", help="splits to fill (default: each dataset's train and eval split)")
     parser.add_argument("--batch-size", type=int, help="encoder batch size (default: the dataset's batch_size)")
@@ -35,4 +37,4 @@ def main(argv: list[str] | None = None) -> list[Path]:
 
 
 if __name__ == "__main__":
-    main()
+    report_config_errors(main)  # a config error: one message, exit status 2 (--debug: the traceback)

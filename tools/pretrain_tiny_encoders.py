@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import lavis  # noqa: F401  (registers the built-in models and datasets)
-from lavis.common.config import load_config
+from lavis.common.config import add_debug_flag, load_config, report_config_errors
 from lavis.common.registry import ENCODERS
 from lavis.models.pointbert.encoder import PointBert
 from lavis.models.pointbert.sampling import group_points
@@ -128,7 +128,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--options", nargs="*", default=[], help="--options for the run YAML")
+    parser.add_argument("--options", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="key=value overrides, as for train.py (repeatable)")
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
     cfg = load_config(args.cfg_path, args.options)
     model = cfg.model
@@ -157,4 +159,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    report_config_errors(main)  # a config error: one message, exit status 2 (--debug: the traceback)
