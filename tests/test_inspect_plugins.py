@@ -86,3 +86,21 @@ def test_a_module_that_does_not_import_is_named(tmp_path):
                               str(tmp_path)])
     message = str(stop.value.code)
     assert "cannot import plugin module 'no_such_plugin_module'" in message and "PYTHONPATH" in message
+
+
+def test_a_run_yaml_extending_a_base_is_read_whole(plugin_on_path, tmp_path, capsys):
+    """--config reads the `base:` chain as train.py does: the dataset and the plugin import come from the base, a
+    field from the YAML extending it; a dataset the child removes with null is gone."""
+    write_yaml(tmp_path / "base.yaml", {
+        "model": {"arch": "regionblip", "model_type": "tiny"},
+        "datasets": {"squares": {"builder": "plugin_squares", "modality": "image_region", "size": 5},
+                     "more_squares": {"builder": "plugin_squares", "modality": "image_region", "size": 4}},
+        "run": {"imports": [MODULE], "output_dir": str(tmp_path / "out")},
+    })
+    child = write_yaml(tmp_path / "child.yaml", {"base": "base.yaml",
+                                                 "datasets": {"squares": {"size": 3}, "more_squares": None}})
+    out = tmp_path / "drawn"
+    assert inspect_dataset.main(["--config", str(child), "--dataset", "squares", "--num", "1", "--out", str(out)]) == 0
+    assert "plugin_squares/train: 3 items" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match=r"--dataset must be one of \['squares'\]"):
+        inspect_dataset.main(["--config", str(child), "--dataset", "more_squares", "--out", str(out)])

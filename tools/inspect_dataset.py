@@ -44,11 +44,17 @@ def register_builders(plugins: list[str]) -> None:
 def plugin_modules(args: argparse.Namespace) -> list[str]:
     """--imports, then the `run.imports` of a --config run YAML."""
     names = list(args.imports)
-    if args.config is not None:
-        loaded = OmegaConf.load(args.config)
-        if "datasets" in loaded and loaded.get("run") is not None:
-            names += [str(n) for n in loaded.run.get("imports") or []]
-    return names
+    for _, layer in config_layers(args):
+        if "datasets" in layer and layer.get("run") is not None:
+            names += [str(n) for n in layer.run.get("imports") or []]
+    return list(dict.fromkeys(names))
+
+
+def config_layers(args: argparse.Namespace) -> list[tuple[str, Any]]:
+    """--config and the run YAMLs it extends (`base:`), lowest first; [] without --config."""
+    from lavis.common.config import run_yaml_layers
+
+    return run_yaml_layers(args.config) if args.config is not None else []
 
 
 def dataset_config(args: argparse.Namespace):
@@ -56,17 +62,25 @@ def dataset_config(args: argparse.Namespace):
     from lavis.common.config_schema import merge_checked
     from lavis.common.registry import DATASET_BUILDERS
 
-    entry = OmegaConf.create({})
-    if args.config is not None:
-        loaded = OmegaConf.load(args.config)
-        if "datasets" in loaded:
-            names = list(loaded.datasets.keys())
-            if args.dataset not in names:
-                raise SystemExit(f"--dataset must be one of {names} (the datasets of {args.config})")
-            entry = loaded.datasets[args.dataset]
-        else:
-            entry = loaded
-    name = args.builder or entry.get("builder") or args.dataset
+    layers = config_layers(args)
+    entries: list[tuple[str, Any]] = []  # the entry as each layer (a base, then the files extending it) sets it
+    if any("datasets" in layer for _, layer in layers):
+        names: dict[str, None] = {}
+        for source, layer in layers:
+            for key, value in (layer.get("datasets") or {}).items():
+                if value is None:  # `name: null` removes what a base defined
+                    names.pop(key, None)
+                    entries = [] if key == args.dataset else entries
+                else:
+                    names[key] = None
+                    if key == args.dataset:
+                        entries.append((source, value))
+        if args.dataset not in names:
+            raise SystemExit(f"--dataset must be one of {list(names)} (the datasets of {args.config})")
+    elif layers:
+        entries = layers
+    builder_names = [entry.get("builder") for _, entry in entries if entry.get("builder")]
+    name = args.builder or (builder_names[-1] if builder_names else None) or args.dataset
     if not name:
         raise SystemExit("give --builder, or --config with --dataset")
     builder_cls = DATASET_BUILDERS.get(name)
@@ -75,7 +89,7 @@ def dataset_config(args: argparse.Namespace):
     if getattr(builder_cls, "DEFAULT_CONFIG", None):
         default = CONFIG_ROOT / builder_cls.DEFAULT_CONFIG
         sources.append((str(default), OmegaConf.load(default)))
-    sources.append((str(args.config), entry))
+    sources += [(source, entry) for source, entry in entries]
     sources.append(("--options", OmegaConf.from_dotlist(args.options)))
     merged = merge_checked(OmegaConf.structured(builder_cls.Config), sources)
     missing = sorted(OmegaConf.missing_keys(merged))

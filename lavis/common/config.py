@@ -207,6 +207,11 @@ def _file_layers(cfg_path: str) -> list[Layer]:
         path, named_by = Path(os.path.normpath(path.parent / base)), str(path)  # an absolute base stays as it is
 
 
+def run_yaml_layers(cfg_path: str | Path) -> list[Layer]:
+    """(source, YAML) of a run YAML and every `base:` it extends, lowest first (for tools that read one section)."""
+    return _file_layers(str(cfg_path))
+
+
 def _option_layers(options: list[str] | None) -> list[Layer]:
     """One layer per `--options` item, so that an error names the item as typed."""
     layers = []
