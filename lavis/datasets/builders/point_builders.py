@@ -148,8 +148,27 @@ class ScanReferConfig(ScanNetScenesConfig):
     annotation_pattern: str = "ScanRefer_filtered_{split}.json"
 
 
+class _SceneBuilder(_PointBuilder):
+    """Descriptions of objects in ScanNet scenes (ScanRefer, Nr3D): the scenes' folder and the items' settings."""
+
+    def item_keys(self, split: str) -> ItemKeys:
+        return ItemKeys("points", region_dim(self.cfg.region_kind or DEFAULT_CORNER_KIND))
+
+    def scenes_missing(self) -> list[str]:
+        return _missing("scannet_data_root", self.cfg.scannet_data_root,
+                        "ScanRefer's scannet_data/ folder of {scene}_aligned_vert.npy and _aligned_bbox.npy "
+                        "(tools/preprocess_scannet.py writes it)", is_dir=True)
+
+    def scene_options(self, split: str, name: str) -> dict:
+        """The ScanRefer dataset's settings every scene dataset shares, for `split`."""
+        cfg = self.cfg
+        return {"one_item_per_object": cfg.one_item_per_object_in_eval and split != cfg.train_split,
+                "scene_mesh_pattern": cfg.scene_mesh_pattern, "name": f"{name}/{split}",
+                "region_kind": cfg.region_kind or DEFAULT_CORNER_KIND}
+
+
 @DATASET_BUILDERS.register("scanrefer")
-class ScanReferBuilder(_PointBuilder):
+class ScanReferBuilder(_SceneBuilder):
     Config = ScanReferConfig
     DEFAULT_CONFIG = "datasets/scanrefer.yaml"
     SPLITS = ("train", "val")
@@ -157,16 +176,11 @@ class ScanReferBuilder(_PointBuilder):
     def annotation_file(self, split: str) -> Path:
         return Path(self.cfg.annotation_root) / self.cfg.annotation_pattern.format(split=split)
 
-    def item_keys(self, split: str) -> ItemKeys:
-        return ItemKeys("points", region_dim(self.cfg.region_kind or DEFAULT_CORNER_KIND))
-
     def check_paths(self) -> list[str]:
         cfg = self.cfg
         problems = _missing("annotation_root", cfg.annotation_root, "the folder of ScanRefer_filtered_{split}.json",
                             is_dir=True)
-        problems += _missing("scannet_data_root", cfg.scannet_data_root,
-                             "ScanRefer's scannet_data/ folder of {scene}_aligned_vert.npy and _aligned_bbox.npy "
-                             "(tools/preprocess_scannet.py writes it)", is_dir=True)
+        problems += self.scenes_missing()
         if not problems:
             for split in self.used_splits():
                 problems += _missing("annotation_root", str(self.annotation_file(split)),
@@ -176,11 +190,8 @@ class ScanReferBuilder(_PointBuilder):
     def build(self, split: str) -> Dataset:
         self._check_split(split)
         cfg = self.cfg
-        per_object = cfg.one_item_per_object_in_eval and split != cfg.train_split
         return ScanRefer(self.annotation_file(split), cfg.scannet_data_root, self.processor(split),
-                         CaptionProcessor.from_config(cfg.text_processor), one_item_per_object=per_object,
-                         scene_mesh_pattern=cfg.scene_mesh_pattern, name=f"scanrefer/{split}",
-                         region_kind=cfg.region_kind or DEFAULT_CORNER_KIND)
+                         CaptionProcessor.from_config(cfg.text_processor), **self.scene_options(split, "scanrefer"))
 
 
 # ---- Nr3D (ReferIt3D) ----------------------------------------------------------------------------------------------
@@ -194,20 +205,15 @@ class Nr3DConfig(ScanNetScenesConfig):
 
 
 @DATASET_BUILDERS.register("nr3d")
-class Nr3DBuilder(_PointBuilder):
+class Nr3DBuilder(_SceneBuilder):
     Config = Nr3DConfig
     DEFAULT_CONFIG = "datasets/nr3d.yaml"
     SPLITS = ("train", "test")
 
-    def item_keys(self, split: str) -> ItemKeys:
-        return ItemKeys("points", region_dim(self.cfg.region_kind or DEFAULT_CORNER_KIND))
-
     def check_paths(self) -> list[str]:
         cfg = self.cfg
         problems = _missing("csv_file", cfg.csv_file, "ReferIt3D's nr3d.csv")
-        problems += _missing("scannet_data_root", cfg.scannet_data_root,
-                             "ScanRefer's scannet_data/ folder of {scene}_aligned_vert.npy and _aligned_bbox.npy "
-                             "(tools/preprocess_scannet.py writes it)", is_dir=True)
+        problems += self.scenes_missing()
         for split in self.used_splits():
             problems += _missing(f"scan_files.{split}", cfg.scan_files.get(split, ""),
                                  f"the scan ids of Nr3D's {split} split (ReferIt3D's {split}_scans.txt)")
@@ -219,11 +225,8 @@ class Nr3DBuilder(_PointBuilder):
         if split not in cfg.scan_files:
             raise ValueError(f"nr3d: scan_files has no '{split}' entry (it has {sorted(cfg.scan_files)}); set "
                              f"scan_files.{split} to ReferIt3D's {split}_scans.txt")
-        per_object = cfg.one_item_per_object_in_eval and split != cfg.train_split
         return Nr3D(cfg.csv_file, read_scan_list(cfg.scan_files[split]), cfg.scannet_data_root, self.processor(split),
-                    CaptionProcessor.from_config(cfg.text_processor), one_item_per_object=per_object,
-                    scene_mesh_pattern=cfg.scene_mesh_pattern, name=f"nr3d/{split}",
-                    region_kind=cfg.region_kind or DEFAULT_CORNER_KIND)
+                    CaptionProcessor.from_config(cfg.text_processor), **self.scene_options(split, "nr3d"))
 
 
 # ---- ModelNet40 -----------------------------------------------------------------------------------------------------
