@@ -16,7 +16,6 @@ from PIL import Image
 from pycocotools import mask as coco_mask
 
 from lavis.common.registry import DATASET_BUILDERS
-from lavis.datasets.base import BadSampleError
 from lavis.datasets.builders.instruction_builders import InstructionsConfig
 from lavis.datasets.datasets.instructions import instruction_samples, parse_record
 from lavis.datasets.loaders import Collator
@@ -38,6 +37,7 @@ from lavis.processors.point_processors import (
     box_corners,
 )
 from lavis.processors.point_processors import RegionMaskError as PointMaskError
+from tests.datasets.test_image_datasets import read_all
 
 W, H = 64, 48
 S = 32  # processed image side
@@ -268,17 +268,6 @@ def build(world: Path, kind: str, split: str = "train", **overrides):
                                  num_points=64, sampling="stride", normalize=False), **overrides)
     builder = DATASET_BUILDERS.get("instructions")(cfg)
     return builder, builder.build(split)
-
-
-def read_all(dataset) -> tuple[dict, dict]:
-    good, bad = {}, {}
-    for i in range(len(dataset)):
-        try:
-            item = dataset[i]
-            good[item["sample_id"]] = item
-        except BadSampleError as e:
-            bad[e.sample_id] = e.reason
-    return good, bad
 
 
 INDEXING_SKIPS = {
