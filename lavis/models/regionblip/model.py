@@ -508,7 +508,10 @@ class RegionBLIP(BaseModel):
         negative_sample = L.sample_hard_negatives(sim_t2i, targets)
         negative_text = L.sample_hard_negatives(sim_i2t, targets)
         tokens_all, _ = L.gather_batch(feats.encoder_tokens)
-        token_mask_all, _ = L.gather_batch(feats.encoder_mask)
+        if has_mask(self.cfg.modalities[name].region):  # a box's rows see every token: no collective for that
+            token_mask_all, _ = L.gather_batch(feats.encoder_mask)
+        else:
+            token_mask_all = feats.encoder_mask.new_ones(tokens_all.shape[:2])
         queries_all, _ = L.gather_batch(feats.query_embeds)
         ids_all, _ = L.gather_batch(ids)
         mask_all, _ = L.gather_batch(mask)
