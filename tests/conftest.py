@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -39,6 +42,20 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def run_script(command: list[str], timeout: float, **kwargs) -> subprocess.CompletedProcess:
+    """subprocess.run(capture_output, text) in its own process group: on timeout the whole group is killed, so a
+    script's children (train.py under a shell script) do not outlive the test and slow the rest of the suite."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True, **kwargs)
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise
+    return subprocess.CompletedProcess(command, process.returncode, out, err)
 
 
 def write_yaml(path: Path, data: dict) -> Path:

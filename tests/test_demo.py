@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import REPO, run_script
 
 DEMO_CONFIGS = sorted((REPO / "configs" / "demo").glob("*.yaml"))
 
@@ -74,8 +73,7 @@ def test_blip2_export_round_trip(tiny_world, tmp_path):
 def test_quick_demo_shows_learning_pafe_and_a_preserved_image_path(tmp_path):
     """The shortened demo, as a user runs it (its own data, assets and runs under DEMO_DIR)."""
     env = {**os.environ, "DEMO_DIR": str(tmp_path), "VENV": str(Path(sys.executable).parent.parent)}
-    done = subprocess.run(["bash", str(REPO / "run_scripts" / "demo.sh"), "--quick"], env=env, capture_output=True,
-                          text=True, timeout=1500)
+    done = run_script(["bash", str(REPO / "run_scripts" / "demo.sh"), "--quick"], timeout=1500, env=env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "what the demo must show" in done.stdout
 
