@@ -10,6 +10,21 @@ What it writes (train / test splits, held out by construction):
   objaverse/test_uids.txt                                          the held-out uids
   scanrefer/ScanRefer_filtered_{train,val}.json + scannet_data/    scenes of several objects, ScanRefer layout
   corpus.txt                                                       every caption, for building tiny tokenizers
+
+With --sets regions (or all) it also writes, under regions/, instruction JSONL (README "Instruction data") for
+regions of any shape (tools/score_region_answers.py scores answers to them; run_scripts/demo_regions.sh measures):
+  overlap_{train,test}.jsonl + images/overlap_*.png   two shapes that overlap so that one box holds both (a ring
+                                                     around a disc, an L-shape round a square, a cross over a ring:
+                                                     the same box); a COCO RLE mask per shape, "Describe <region>."
+                                                     -> "<colour> <shape>"
+  multi_{train,test}.jsonl + images/multi_*.png      2-3 shapes an image, questions over 1-3 mask regions ("What
+                                                     colour is <region>?", "Is <region> left of <region>?", "Which
+                                                     is larger, <region> or <region>?", "Which is the largest of
+                                                     <region>, <region> and <region>?")
+  scenes_{train,test}.jsonl + scenes/*.npy           the same questions over 3-4 objects of a point-cloud scene
+                                                     ([N, 6] xyz rgb), regions as `points_of` (the object's rows)
+  corpus.txt                                         their captions and answers, for the tiny language model
+The regions/ outputs come from their own random streams: the demo's files are byte-identical with or without them.
 """
 
 from __future__ import annotations
@@ -199,7 +214,209 @@ def write_scenes(root: Path, count: int, points: int, rng: np.random.Generator, 
         (root / "scanrefer" / f"ScanRefer_filtered_{split}.json").write_text(json.dumps(entries))
 
 
-def main() -> None:
+# ---- regions of any shape: instruction JSONL ------------------------------------------------------------------
+# A patch of the demo's tiny ViT (64 px input, patch 8: an 8 x 8 grid) is 12 px of these 96 px images. The
+# overlapping shapes keep about a patch between their parts (ring and disc, L-shape and square), so each shape holds
+# patches the other does not and a mask changes what its queries see; a 4 x 4 grid would merge them.
+REGION_BACKGROUND = (245, 245, 240)
+ORDINALS = ("the first", "the second", "the third")
+OVERLAP_PAIRS = ("ring_disc", "lshape_square", "ring_cross")
+
+
+def rle_of(mask: np.ndarray) -> dict:
+    """A bool [H, W] mask as COCO's compressed RLE (the string form pycocotools writes)."""
+    from pycocotools import mask as coco_mask
+
+    rle = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def _layer(shape_draw) -> np.ndarray:
+    """The pixels one shape's drawing covers, as a bool mask (the same PIL rasterisation as the image)."""
+    canvas = Image.new("L", (IMAGE_SIZE, IMAGE_SIZE), 0)
+    shape_draw(ImageDraw.Draw(canvas), 255)
+    return np.asarray(canvas) > 0
+
+
+def _overlap_layers(kind: str, rng: np.random.Generator) -> list[tuple[str, object]]:
+    """(shape name, draw(draw, fill)) bottom first, of one overlapping pair."""
+    if kind in ("ring_disc", "ring_cross"):
+        outer = rng.uniform(36, 44)
+        c = IMAGE_SIZE / 2 + rng.uniform(-(46 - outer), 46 - outer, 2)
+        ring_box = (c[0] - outer, c[1] - outer, c[0] + outer, c[1] + outer)
+        if kind == "ring_disc":  # a gap of >= one patch between the disc and the ring's inner edge
+            width, r = int(rng.integers(9, 12)), rng.uniform(9, 13)
+            disc = (c[0] - r, c[1] - r, c[0] + r, c[1] + r)
+            return [("ring", lambda d, f: d.ellipse(ring_box, outline=f, width=width)),
+                    ("disc", lambda d, f: d.ellipse(disc, fill=f))]
+        width, arm = int(rng.integers(6, 9)), rng.uniform(5, 7)  # the cross spans the ring: the same box
+
+        def cross(d, f):
+            d.rectangle((c[0] - arm, ring_box[1], c[0] + arm, ring_box[3]), fill=f)
+            d.rectangle((ring_box[0], c[1] - arm, ring_box[2], c[1] + arm), fill=f)
+        return [("ring", lambda d, f: d.ellipse(ring_box, outline=f, width=width)), ("cross", cross)]
+    side, arm, q = rng.uniform(66, 80), rng.uniform(22, 28), rng.uniform(18, 24)
+    x, y = rng.uniform(4, IMAGE_SIZE - 4 - side, 2)
+    # the L's vertical arm on the left, its foot at the bottom; the square in the notch, >= 10 px from both arms
+    sx = rng.uniform(x + arm + 10, x + side - q)
+    sy = rng.uniform(y, y + side - arm - 10 - q)
+    lshape = [(x, y), (x + arm, y), (x + arm, y + side - arm), (x + side, y + side - arm), (x + side, y + side),
+              (x, y + side)]
+    return [("l-shape", lambda d, f: d.polygon(lshape, fill=f)),
+            ("square", lambda d, f: d.rectangle((sx, sy, sx + q, sy + q), fill=f))]
+
+
+def make_overlap_image(kind: str, rng: np.random.Generator) -> tuple[Image.Image, list[dict]]:
+    """Two overlapping shapes of different colours (flipped at random); each with its visible pixels' mask."""
+    layers = _overlap_layers(kind, rng)
+    colors = rng.choice(list(COLORS), size=2, replace=False)
+    pixels = np.full((IMAGE_SIZE, IMAGE_SIZE, 3), REGION_BACKGROUND, np.uint8)
+    covered = [_layer(draw) for _, draw in layers]
+    for mask, color in zip(covered, colors):
+        pixels[mask] = COLORS[str(color)]
+    visible = [covered[0] & ~covered[1], covered[1]]
+    flips = [axis for axis in (0, 1) if rng.uniform() < 0.5]  # 0: upside down, 1: mirrored
+    if flips:
+        pixels = np.ascontiguousarray(np.flip(pixels, flips))
+        visible = [np.ascontiguousarray(np.flip(m, flips)) for m in visible]
+    shapes = [{"shape": name, "color": str(color), "mask": mask}
+              for (name, _), color, mask in zip(layers, colors, visible)]
+    return Image.fromarray(pixels), shapes
+
+
+def _record(record_id: str, media_key: str, media: str, regions: list[dict], question: str, answer: str) -> dict:
+    return {"id": record_id, media_key: media, "regions": regions,
+            "conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]}
+
+
+def write_overlap(root: Path, count: int, rng: np.random.Generator, corpus: list[str]) -> None:
+    """One record per shape: "Describe <region>." with the shape's mask -> "<colour> <shape>"."""
+    image_dir = root / "images"
+    image_dir.mkdir(parents=True, exist_ok=True)
+    n_test = max(count // 5, 1)
+    splits: dict[str, list[dict]] = {"train": [], "test": []}
+    for i in range(count):
+        kind = OVERLAP_PAIRS[i % len(OVERLAP_PAIRS)]
+        image, shapes = make_overlap_image(kind, rng)
+        name = f"overlap_{i:05d}.png"
+        image.save(image_dir / name)
+        split = "test" if i < n_test else "train"
+        corpus.append(f"a {shapes[0]['color']} {shapes[0]['shape']} and a {shapes[1]['color']} {shapes[1]['shape']}")
+        for k, shape in enumerate(shapes):
+            answer = f"{shape['color']} {shape['shape']}"
+            corpus.append(answer)
+            splits[split].append(_record(f"overlap{i:05d}_{kind}_{k}", "image", f"images/{name}",
+                                         [{"mask": rle_of(shape["mask"])}], "Describe <region>.", answer))
+    _write_jsonl(root, "overlap", splits)
+
+
+def _questions(objects: list[dict], rng: np.random.Generator, per_scene: int) -> list[tuple[list[int], str, str]]:
+    """(object indices in placeholder order, question, answer) over one image's or scene's objects, each with
+    "color", "size" ("small" / "large") and "x" (its centre, left to right); at most `per_scene`, kinds mixed."""
+    n = len(objects)
+    found: list[tuple[list[int], str, str]] = []
+    for i in range(n):
+        found.append(([i], "What colour is <region>?", objects[i]["color"]))
+    pairs = [(i, j) for i in range(n) for j in range(n) if i != j]
+    apart = [(i, j) for i, j in pairs if abs(objects[i]["x"] - objects[j]["x"]) > 8]
+    if apart:
+        i, j = apart[rng.integers(len(apart))]
+        found.append(([i, j], "Is <region> left of <region>?", "yes" if objects[i]["x"] < objects[j]["x"] else "no"))
+    sized = [(i, j) for i, j in pairs if objects[i]["size"] != objects[j]["size"]]
+    if sized:
+        i, j = sized[rng.integers(len(sized))]
+        found.append(([i, j], "Which is larger, <region> or <region>?",
+                      ORDINALS[0] if objects[i]["size"] == "large" else ORDINALS[1]))
+    if n >= 3:
+        three = [int(v) for v in rng.permutation(n)[:3]]
+        large = [k for k, i in enumerate(three) if objects[i]["size"] == "large"]
+        if len(large) in (1, 2):  # one of the three differs in size: the largest, or the smallest
+            word, odd = ("largest", large[0]) if len(large) == 1 else \
+                ("smallest", next(k for k in range(3) if k not in large))
+            found.append((three, f"Which is the {word} of <region>, <region> and <region>?", ORDINALS[odd]))
+    colours = found[:n]
+    others = found[n:]
+    keep = [colours[k] for k in rng.permutation(n)[: max(1, per_scene - len(others))]]
+    return others + keep
+
+
+def write_multi_images(root: Path, count: int, rng: np.random.Generator, corpus: list[str]) -> None:
+    image_dir = root / "images"
+    image_dir.mkdir(parents=True, exist_ok=True)
+    n_test = max(count // 5, 1)
+    splits: dict[str, list[dict]] = {"train": [], "test": []}
+    for i in range(count):
+        image, shapes = make_image(rng)
+        name = f"multi_{i:05d}.png"
+        image.save(image_dir / name)
+        objects, regions = [], []
+        for s in shapes:
+            x, y, w, h = s["bbox"]
+            box = (x, y, x + w, y + h)
+            mask = _layer(lambda d, f, shape=s["shape"], box=box: draw_shape(d, shape, box, f))
+            regions.append({"mask": rle_of(mask)})
+            objects.append({"color": s["color"], "size": s["size"], "x": x + w / 2})
+        split = "test" if i < n_test else "train"
+        for q, (which, question, answer) in enumerate(_questions(objects, rng, per_scene=5)):
+            corpus.append(answer)
+            splits[split].append(_record(f"multi{i:05d}_{q}", "image", f"images/{name}",
+                                         [regions[k] for k in which], question, answer))
+    _write_jsonl(root, "multi", splits)
+
+
+def write_region_scenes(root: Path, count: int, points: int, rng: np.random.Generator, corpus: list[str]) -> None:
+    """Point-cloud scenes of 3-4 objects in a row along x; questions over their point sets (`points_of`)."""
+    scene_dir = root / "scenes"
+    scene_dir.mkdir(parents=True, exist_ok=True)
+    n_test = max(count // 5, 1)
+    splits: dict[str, list[dict]] = {"train": [], "test": []}
+    for s in range(count):
+        k = int(rng.integers(3, 5))
+        xs = np.sort(rng.choice(np.linspace(-3, 3, 7), size=k, replace=False))
+        clouds, objects, rows = [], [], []
+        per_object = points // k
+        for obj_id, x in enumerate(xs):
+            cloud, meta = make_object(rng, per_object)
+            cloud[:, 0] += x
+            cloud[:, 1] += rng.uniform(-1, 1)
+            cloud[:, 2] += 0.5
+            clouds.append(cloud)
+            rows.append(list(range(obj_id * per_object, (obj_id + 1) * per_object)))
+            # x in the images' units (pixels, > 8 apart means apart): here objects are >= 1 apart
+            objects.append({"color": meta["color"], "size": meta["size"], "x": float(x) * 100})
+        name = f"scene_{s:05d}.npy"
+        np.save(scene_dir / name, np.concatenate(clouds))
+        split = "test" if s < n_test else "train"
+        for q, (which, question, answer) in enumerate(_questions(objects, rng, per_scene=5)):
+            corpus.append(answer)
+            splits[split].append(_record(f"scene{s:05d}_{q}", "points", f"scenes/{name}",
+                                         [{"points_of": rows[j]} for j in which], question, answer))
+    _write_jsonl(root, "scenes", splits)
+
+
+def _write_jsonl(root: Path, stem: str, splits: dict[str, list[dict]]) -> None:
+    for split, records in splits.items():
+        with (root / f"{stem}_{split}.jsonl").open("w") as f:
+            f.writelines(json.dumps(r, separators=(",", ":")) + "\n" for r in records)
+
+
+def write_region_world(root: Path, args: argparse.Namespace) -> None:
+    """The regions/ sets, each from its own random stream (seed + 10, 11, 12)."""
+    root.mkdir(parents=True, exist_ok=True)
+    corpus: list[str] = []
+    write_overlap(root, args.overlap_images, np.random.default_rng(args.seed + 10), corpus)
+    write_multi_images(root, args.multi_images, np.random.default_rng(args.seed + 11), corpus)
+    write_region_scenes(root, args.region_scenes, args.region_scene_points, np.random.default_rng(args.seed + 12),
+                        corpus)
+    # the instructions too, once each, so the tiny tokenizer and LM know their words
+    questions = {r["conversations"][0]["value"] for stem in ("overlap", "multi", "scenes")
+                 for line in (root / f"{stem}_train.jsonl").read_text().splitlines() for r in [json.loads(line)]}
+    (root / "corpus.txt").write_text("\n".join(corpus + sorted(questions)) + "\n")
+    print(f"wrote {args.overlap_images} overlap images, {args.multi_images} multi-region images, "
+          f"{args.region_scenes} scenes to {root}")
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--images", type=int, default=400)
@@ -208,14 +425,23 @@ def main() -> None:
     parser.add_argument("--object-points", type=int, default=1024)
     parser.add_argument("--scene-points", type=int, default=4096)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    parser.add_argument("--sets", choices=["demo", "regions", "all"], default="demo",
+                        help="demo: the demo's files; regions: only regions/ (instruction JSONL); all: both")
+    parser.add_argument("--overlap-images", type=int, default=450)
+    parser.add_argument("--multi-images", type=int, default=300)
+    parser.add_argument("--region-scenes", type=int, default=200)
+    parser.add_argument("--region-scene-points", type=int, default=2048)
+    args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    corpus: list[str] = []
-    write_images(args.out, args.images, np.random.default_rng(args.seed), corpus)
-    write_objects(args.out, args.objects, args.object_points, np.random.default_rng(args.seed + 1), corpus)
-    write_scenes(args.out, args.scenes, args.scene_points, np.random.default_rng(args.seed + 2), corpus)
-    (args.out / "corpus.txt").write_text("\n".join(corpus) + "\n")
-    print(f"wrote {args.images} images, {args.objects} objects, {args.scenes} scenes to {args.out}")
+    if args.sets in ("demo", "all"):
+        corpus: list[str] = []
+        write_images(args.out, args.images, np.random.default_rng(args.seed), corpus)
+        write_objects(args.out, args.objects, args.object_points, np.random.default_rng(args.seed + 1), corpus)
+        write_scenes(args.out, args.scenes, args.scene_points, np.random.default_rng(args.seed + 2), corpus)
+        (args.out / "corpus.txt").write_text("\n".join(corpus) + "\n")
+        print(f"wrote {args.images} images, {args.objects} objects, {args.scenes} scenes to {args.out}")
+    if args.sets in ("regions", "all"):
+        write_region_world(args.out / "regions", args)
 
 
 if __name__ == "__main__":
