@@ -281,3 +281,16 @@ def test_samples_sharing_an_image_encode_it_once(family_model):
     finally:
         hook.remove()
     assert calls == [2, 3]
+
+
+def test_a_holistic_modality_ignores_the_regions_its_items_carry(assets):  # noqa: F811
+    """The PaFE-off ablation: a region: null modality trained on RefCOCO's items, which carry their boxes."""
+    data = tiny_model_dict(assets)
+    data["modalities"]["image_region"].update(region=None, losses={"itc": 1, "itg": 1, "llm": 1})
+    model = build(data)
+    items = [_image_item(1, i, None, "a red circle") for i in range(3)]
+    batch = Collator("image_region", model.text_tokenizer, instruction=model.instruction_template("image_region"))(
+        items)
+    assert batch["region_counts"] == [1, 1, 1] and batch["llm_region_slots"].numel() == 0
+    assert torch.isfinite(model(batch).losses["llm"])
+    assert len(model.generate(batch)) == 3

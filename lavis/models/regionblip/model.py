@@ -143,6 +143,7 @@ class RegionBLIP(BaseModel):
             cfg.max_text_len,
             PromptLayout(llm_tokenizer, cfg.llm.family, cfg.region_token, cfg.num_query_tokens),
             {name: instruction_template(cfg, name) for name in cfg.modalities},
+            {name for name, m in cfg.modalities.items() if m.region is not None},
             cfg.llm.bos_target_with_empty_prompt,
         )
 

@@ -23,7 +23,8 @@ from lavis.models.prompt_layout import PromptLayout
 
 class RegionTextTokenizer:
     def __init__(self, qformer_tokenizers: dict[str, object], llm_tokenizer, family: LLMFamily, max_text_len: int,
-                 layout: PromptLayout, templates: dict[str, str], bos_target_with_empty_prompt: bool = False):
+                 layout: PromptLayout, templates: dict[str, str], regional: set[str],
+                 bos_target_with_empty_prompt: bool = False):
         self.qformer_tokenizers = qformer_tokenizers  # by modality (modalities sharing a Q-Former share one)
         self.llm_tokenizer = llm_tokenizer
         self.llm_tokenizer.padding_side = "right"
@@ -31,6 +32,9 @@ class RegionTextTokenizer:
         self.max_text_len = max_text_len
         self.layout = layout
         self.templates = templates  # by modality: the instruction of samples that bring none
+        # modalities with a region kind; a holistic one ignores the regions its items may carry (e.g. the PaFE-off
+        # ablation trains a region: null modality on RefCOCO's boxes)
+        self.regional = set(regional)
         self.bos_target = bos_target_with_empty_prompt and self.family is LLMFamily.opt
 
     def __call__(self, texts: list[str], modality: str, instructions: Optional[list[str]] = None,
@@ -44,8 +48,11 @@ class RegionTextTokenizer:
             template = self.templates[modality]
             instructions = [template] * len(texts)
             region_counts = [template.count(self.layout.region_token)] * len(texts)
-        prompt, has_text = self.layout(list(instructions), list(region_counts or [0] * len(texts)),
-                                       bos_in_prompt=not self.bos_target)
+        elif modality in self.regional and region_counts is None:  # items without region_counts: one region each
+            region_counts = [1] * len(texts)
+        if modality not in self.regional or region_counts is None:
+            region_counts = [0] * len(texts)
+        prompt, has_text = self.layout(list(instructions), list(region_counts), bos_in_prompt=not self.bos_target)
         out.update(prompt)
         out.update(self._targets(texts, [self.bos_target and not t for t in has_text]))
         return out
