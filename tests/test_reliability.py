@@ -201,7 +201,7 @@ def test_elastic_restart_resumes_from_latest_checkpoint(tmp_path):
         assert torch.equal(value, recovered["model"][name]), name
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", [0, 1])  # each seed: a kill inside a checkpoint write, then two random moments
 def test_kill9_at_random_moments_then_resume_matches_uninterrupted(tmp_path, seed):
     """SIGKILL the trainer at random moments (one kill waits for a checkpoint write in progress), resume with
     auto each time; the final parameters equal an uninterrupted run's."""

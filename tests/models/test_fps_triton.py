@@ -48,7 +48,8 @@ _INTERPRETER_CHECK = textwrap.dedent("""
     gen = torch.Generator().manual_seed(0)
     cases = []
     # (name, xyz [B, N, 3 or a strided view], S): random clouds, N non-powers of two, S = 1 and S = N
-    for batch, num_points, num_samples in [(1, 1, 1), (2, 37, 37), (3, 1000, 64), (2, 129, 20), (1, 2049, 24)]:
+    # (sizes kept small: the interpreter runs each program instance in Python)
+    for batch, num_points, num_samples in [(1, 1, 1), (2, 37, 37), (2, 1000, 32), (2, 129, 20), (1, 2049, 12)]:
         cases.append((f"random B{batch} N{num_points} S{num_samples}",
                       torch.randn(batch, num_points, 3, generator=gen), num_samples))
     # ties: integer lattice points, many duplicates and many equal distances (exact in fp32)
@@ -67,7 +68,7 @@ _INTERPRETER_CHECK = textwrap.dedent("""
         expected = farthest_point_sample(xyz, num_samples, backend="torch")
         # the register kernel, then the chunked one with chunks small enough that every case spans several
         # (ties across chunk boundaries included); chunk 16 is also narrower than N = 1 + padding
-        for chunk in (None, 16, 64):
+        for chunk in (None, 16, 64) if xyz.shape[1] <= 300 else (None, 64):  # 64 still spans several chunks
             got = farthest_point_sample_triton(xyz, num_samples, chunk=chunk)
             assert got.dtype == torch.long and got.shape == expected.shape, name
             assert torch.equal(got, expected), f"{name}, chunk {chunk}: {got.tolist()} != {expected.tolist()}"
