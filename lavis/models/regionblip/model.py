@@ -427,7 +427,8 @@ class RegionBLIP(BaseModel):
         return inputs.shape[0]
 
     def _check_one_region_each(self, name: str, batch: dict[str, Any], on: dict[str, float]) -> None:
-        """ITC, ITM, ITG and REG pair each text with one region; samples with several regions train the LLM only."""
+        """ITC, ITM and ITG pair each caption with one region; samples with several regions train the LLM (and REG,
+        per region) only."""
         pairing = sorted(set(on) & {"itc", "itm", "itg"})
         if pairing and self.cfg.modalities[name].region is not None:
             counts, _ = region_layout(batch, self._batch_size(batch))
