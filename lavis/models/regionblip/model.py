@@ -133,8 +133,6 @@ class RegionBLIP(BaseModel):
                     f"{cfg.qformers[key].config.vocab_size}"
                 )
         self.decoder_bos_id = {name: qformer_tokenizers[m.qformer].bos_token_id for name, m in cfg.modalities.items()}
-        # generation lays out its instructions here; training's collate with the tokenizer's own copy (workers)
-        self.prompt_layout = PromptLayout(self.llm.tokenizer, cfg.llm.family, cfg.region_token, cfg.num_query_tokens)
         llm_tokenizer = self.llm.tokenizer.__class__.from_pretrained(cfg.llm.path, local_files_only=True)
         self.text_tokenizer = RegionTextTokenizer(
             {name: qformer_tokenizers[m.qformer] for name, m in cfg.modalities.items()},
@@ -590,8 +588,8 @@ class RegionBLIP(BaseModel):
             instructions = batch.get("instruction") or [self.instruction_template(name)] * size
         if len(instructions) != size:
             raise ValueError(f"{len(instructions)} instructions for a batch of {size} samples")
-        counts = region_layout(batch, size)[0] if m.region else [0] * size
-        prompt, _ = self.prompt_layout(list(instructions), counts, bos_in_prompt=True)
+        counts = region_layout(batch, size)[0] if m.region else None
+        prompt, _ = self.text_tokenizer.prompt(list(instructions), name, counts, bos_in_prompt=True)
         device = self.llm.model.get_input_embeddings().weight.device  # one copy per generate call, not per step
         return {k: v.to(device) for k, v in prompt.items()}
 

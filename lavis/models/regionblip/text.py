@@ -50,12 +50,17 @@ class RegionTextTokenizer:
             region_counts = [template.count(self.layout.region_token)] * len(texts)
         elif modality in self.regional and region_counts is None:  # items without region_counts: one region each
             region_counts = [1] * len(texts)
-        if modality not in self.regional or region_counts is None:
-            region_counts = [0] * len(texts)
-        prompt, has_text = self.layout(list(instructions), list(region_counts), bos_in_prompt=not self.bos_target)
+        prompt, has_text = self.prompt(list(instructions), modality, region_counts, bos_in_prompt=not self.bos_target)
         out.update(prompt)
         out.update(self._targets(texts, [self.bos_target and not t for t in has_text]))
         return out
+
+    def prompt(self, instructions: list[str], modality: str, region_counts: Optional[list[int]],
+               bos_in_prompt: bool) -> tuple[dict[str, torch.Tensor], list[bool]]:
+        """The layout of `modality`'s instructions (training's collate, and generation with `bos_in_prompt`)."""
+        if modality not in self.regional or region_counts is None:
+            region_counts = [0] * len(instructions)
+        return self.layout(instructions, list(region_counts), bos_in_prompt=bos_in_prompt)
 
     def _targets(self, texts: list[str], bos_first: list[bool]) -> dict[str, torch.Tensor]:
         """OPT: caption + "\\n" (after </s> where it is a target); T5: caption + </s>. Truncated to max_text_len
