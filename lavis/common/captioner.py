@@ -25,7 +25,7 @@ from lavis.datasets.datasets.instructions import POINT_REGIONS, kind_input, pars
 from lavis.datasets.datasets.refcoco import box_pixel_bounds
 from lavis.datasets.datasets.scanrefer import read_ply_vertices
 from lavis.datasets.loaders import Collator
-from lavis.datasets.region_masks import RegionShapeError, box_mask, decode_segmentation, mask_box
+from lavis.datasets.region_masks import box_mask, check_mask_size, decode_segmentation, mask_box
 from lavis.processors.image_processors import (
     BoxImageProcessor,
     RegionMaskError,
@@ -190,10 +190,7 @@ def load_region_mask(path: str | Path, height: int, width: int) -> np.ndarray:
             pixels = np.asarray(image if image.mode in ("1", "L", "P", "I", "I;16") else image.convert("L"))
     except (OSError, UnidentifiedImageError) as e:
         raise ValueError(f"not a readable mask image or COCO RLE .json ({e})") from None
-    if pixels.shape != (height, width):
-        raise RegionShapeError(f"the mask is {pixels.shape[0]}x{pixels.shape[1]} (h x w) but the image is "
-                               f"{height}x{width}")
-    return pixels > 0
+    return check_mask_size(pixels, height, width) > 0
 
 
 def image_region(flag: str, value: Any, image: Image.Image, processor: BoxImageProcessor,

@@ -82,7 +82,11 @@ def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarra
     refused (its pixels would not be this image's)."""
     if isinstance(segmentation, list):
         return decode_polygons(segmentation, height, width)
-    mask = decode_rle(segmentation)
+    return check_mask_size(decode_rle(segmentation), height, width)
+
+
+def check_mask_size(mask: np.ndarray, height: int, width: int) -> np.ndarray:
+    """`mask`, or RegionShapeError when it is not the image's height x width (its pixels would not be the image's)."""
     if mask.shape != (height, width):
         raise RegionShapeError(f"the mask is {mask.shape[0]}x{mask.shape[1]} (h x w) but the image is "
                                f"{height}x{width}")

@@ -45,8 +45,7 @@ from lavis.datasets.base import BadSampleError, cleaned_caption
 from lavis.datasets.region_masks import (
     RegionShapeError,
     box_mask,
-    decode_polygons,
-    decode_rle,
+    decode_segmentation,
     mask_box,
     point_set_box,
     points_in_box,
@@ -256,13 +255,7 @@ def image_region(region: Region, height: int, width: int, with_mask: bool, toler
         if truncate:  # the reference's whole-pixel box (BoxImageConfig.truncate_box_pixels)
             box = reference_box_pixels(region.value, width, height)
         return box, box_mask(box, height, width) if with_mask else None
-    if region.source == "mask":
-        mask = decode_rle(region.value)
-        if mask.shape != (height, width):
-            raise RegionShapeError(f"the mask is {mask.shape[0]}x{mask.shape[1]} (h x w) but the image is "
-                                   f"{height}x{width}")
-    else:
-        mask = decode_polygons(region.value, height, width)
+    mask = decode_segmentation(region.value, height, width)  # an RLE dict (mask) or rings (polygon)
     box = mask_box(mask)
     if box is None:
         raise RegionShapeError(f"the {region.source} covers no pixel of the {width}x{height} image")
